@@ -1,0 +1,3 @@
+from opea_media.cli import main
+
+main()
