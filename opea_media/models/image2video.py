@@ -1,0 +1,73 @@
+"""Image-to-video: one clip per call with Stable Video Diffusion."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..errors import ModelFailure
+from ..media.images import fit_image
+from ..params import Image2VideoParams
+from .inference import StepCallback, run_pipeline, step_callback
+
+
+def _round64(x: float) -> int:
+    return max(64, int(round(x / 64)) * 64)
+
+
+class Image2VideoModel:
+    task = "image2video"
+
+    def __init__(self, pipe: Any, *, ref: str) -> None:
+        self.pipe = pipe
+        self.ref = ref
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(height, width): SVD's landscape 576x1024 at its 768 px native scale, kept in proportion."""
+        side = int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        return _round64(side * 3 / 4), _round64(side * 4 / 3)
+
+    @property
+    def native_frames(self) -> int:
+        return int(self.pipe.unet.config.num_frames)
+
+    def complete(self, params: Image2VideoParams) -> Image2VideoParams:
+        """Fill the model-dependent defaults (size, frame count) so outputs can be checked."""
+        height, width = self.native_size
+        return dataclasses.replace(
+            params,
+            height=params.height or height,
+            width=params.width or width,
+            num_frames=params.num_frames or self.native_frames,
+        )
+
+    def generate(
+        self, image: Image.Image, params: Image2VideoParams, *, on_step: StepCallback | None = None
+    ) -> list[Image.Image]:
+        """Animate one image; the input is fitted to the clip size (cover, then centre crop)."""
+        if params.seed is None:
+            raise ValueError("resolve the seed before generating")
+        p = self.complete(params)
+        assert p.height and p.width and p.num_frames
+        frames = run_pipeline(
+            self.pipe,
+            image=fit_image(image, p.width, p.height),
+            height=p.height,
+            width=p.width,
+            num_frames=p.num_frames,
+            num_inference_steps=p.num_inference_steps,
+            fps=p.fps,
+            motion_bucket_id=p.motion_bucket_id,
+            noise_aug_strength=p.noise_aug_strength,
+            decode_chunk_size=min(p.decode_chunk_size or p.num_frames, p.num_frames),
+            generator=torch.Generator("cpu").manual_seed(p.seed),  # type: ignore[arg-type]
+            output_type="pil",
+            callback_on_step_end=step_callback(p.num_inference_steps, on_step),
+        ).frames[0]
+        if len(frames) != p.num_frames:
+            raise ModelFailure(f"the pipeline returned {len(frames)} frames, expected {p.num_frames}")
+        return list(frames)

@@ -1,0 +1,48 @@
+"""What both model wrappers share around a pipeline call: progress, interruption, failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import ModelFailure, OpeaMediaError
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+_OOM_ADVICE = "out of memory during inference; try a smaller size, fewer images or frames"
+
+
+def step_callback(total: int, on_step: StepCallback | None) -> Any:
+    """A diffusers `callback_on_step_end` that reports (step, total) after each step.
+
+    `on_step` may raise Cancelled: the pipeline then stops at that step instead of finishing.
+    """
+
+    def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if on_step is not None:
+            on_step(step + 1, total)
+        return kwargs
+
+    return callback
+
+
+def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
+    """Call the pipeline with autograd off; turn library failures into our error types."""
+    try:
+        with torch.inference_mode():
+            return pipe(**kwargs)
+    except OpeaMediaError:
+        raise
+    except (torch.OutOfMemoryError, MemoryError):
+        log.exception("inference ran out of memory")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise ModelFailure(_OOM_ADVICE) from None
+    except Exception as exc:
+        log.exception("inference failed")
+        raise ModelFailure(f"inference failed ({type(exc).__name__}); see the log for details") from None

@@ -1,0 +1,123 @@
+"""The lazy model registry: one loaded pipeline per (task, reference), loaded once, thread-safe."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from pathlib import Path
+
+from ..config import DEFAULT_MODELS, Task, cache_root
+from ..errors import ModelUnavailable, OpeaMediaError
+from . import sources
+from .device import Placement, choose_placement
+from .image2video import Image2VideoModel
+from .text2image import Text2ImageModel
+
+log = logging.getLogger(__name__)
+
+LoadedModel = Text2ImageModel | Image2VideoModel
+
+
+class ModelState(enum.StrEnum):
+    NOT_LOADED = "not_loaded"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class ModelHandle:
+    """A model that may not be loaded yet; `load()` loads it exactly once."""
+
+    def __init__(self, task: Task, ref: str, placement: Placement, cache_dir: Path) -> None:
+        self.task = task
+        self.ref = ref
+        self.placement = placement
+        self._cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self.state = ModelState.NOT_LOADED
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self._model: LoadedModel | None = None
+
+    def load(self) -> LoadedModel:
+        """Load on first call (others wait for it); later calls return the same model."""
+        if self._model is not None:
+            return self._model
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            if self.state is ModelState.FAILED:
+                raise ModelUnavailable(self.error or "the model failed to load")
+            self.state = ModelState.LOADING
+            log.info("model load start", extra={"task": self.task, "model": self.ref})
+            started = time.perf_counter()
+            try:
+                model = self._load()
+            except OpeaMediaError as exc:
+                self._fail(exc.detail)
+                raise ModelUnavailable(exc.detail) from None
+            except Exception as exc:  # a library failure: keep the story in the log, not the message
+                log.exception("model load failed", extra={"task": self.task, "model": self.ref})
+                self._fail(f"could not load {self.ref} ({type(exc).__name__}); see the service log")
+                raise ModelUnavailable(self.error or "") from None
+            self.load_seconds = time.perf_counter() - started
+            self._model = model
+            self.state = ModelState.READY
+            log.info(
+                "model load end",
+                extra={"task": self.task, "model": self.ref, "seconds": round(self.load_seconds, 3)},
+            )
+            return model
+
+    def get(self) -> LoadedModel:
+        """The loaded model, without waiting: ModelUnavailable while loading or after a failure."""
+        if self._model is not None:
+            return self._model
+        if self.state is ModelState.FAILED:
+            raise ModelUnavailable(self.error or "the model failed to load")
+        raise ModelUnavailable(f"the {self.task} model is {self.state.value.replace('_', ' ')}")
+
+    def _fail(self, reason: str) -> None:
+        self.error = reason
+        self.state = ModelState.FAILED
+        log.error("model load failed: %s", reason, extra={"task": self.task, "model": self.ref})
+
+    def _load(self) -> LoadedModel:
+        from diffusers import DiffusionPipeline
+
+        source = sources.resolve(self.task, self.ref, cache_root=self._cache_dir)
+        pipe = DiffusionPipeline.from_pretrained(source.location, dtype=self.placement.dtype)
+        pipe = pipe.to(self.placement.device)
+        pipe.set_progress_bar_config(disable=True)
+        wrapper = Text2ImageModel if self.task == "text2image" else Image2VideoModel
+        return wrapper(pipe, ref=self.ref)
+
+
+class ModelRegistry:
+    """Hands out one ModelHandle per (task, reference); nothing loads until asked."""
+
+    def __init__(self, *, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> None:
+        self.placement = choose_placement(device, dtype)
+        self._cache_dir = cache_dir or cache_root()
+        self._handles: dict[tuple[Task, str], ModelHandle] = {}
+        self._lock = threading.Lock()
+
+    def handle(self, task: Task, ref: str | None = None) -> ModelHandle:
+        ref = ref or DEFAULT_MODELS[task]
+        with self._lock:
+            key = (task, ref)
+            if key not in self._handles:
+                self._handles[key] = ModelHandle(task, ref, self.placement, self._cache_dir)
+            return self._handles[key]
+
+    def text2image(self, ref: str | None = None) -> Text2ImageModel:
+        model = self.handle("text2image", ref).load()
+        assert isinstance(model, Text2ImageModel)
+        return model
+
+    def image2video(self, ref: str | None = None) -> Image2VideoModel:
+        model = self.handle("image2video", ref).load()
+        assert isinstance(model, Image2VideoModel)
+        return model
