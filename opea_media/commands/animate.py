@@ -1,0 +1,203 @@
+"""`opea-media animate`: images in, video clips out."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from ..config import Task
+from ..errors import InvalidInput
+from ..params import (
+    DECODE_CHUNK_SIZE,
+    FPS,
+    IMAGE2VIDEO_DEFAULT_FPS,
+    IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID,
+    IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH,
+    IMAGE2VIDEO_DEFAULT_STEPS,
+    MOTION_BUCKET_ID,
+    NOISE_AUG_STRENGTH,
+    NUM_FRAMES,
+    Image2VideoParams,
+    image_seed,
+    resolve_seed,
+)
+from .options import LimitType, generation_options, model_options
+from .outputs import numbered_paths
+from .progress import Reporter
+
+TASK: Task = "image2video"
+
+
+@click.command("animate")
+@click.argument("images", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("clip.mp4"),
+    help="The clip to write: .mp4 (H.264), .gif or .webp. Several clips are numbered: "
+    "clip.mp4 -> clip-1.mp4, clip-2.mp4, ...",
+)
+@click.option(
+    "--frames-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write every frame as a PNG into this folder (<clip name>-001.png, ...).",
+)
+@click.option(
+    "--frames",
+    type=LimitType(NUM_FRAMES),
+    default=None,
+    help="Frames per clip; default: the model's (25 for SVD-XT).",
+)
+@click.option(
+    "--fps",
+    type=LimitType(FPS),
+    default=IMAGE2VIDEO_DEFAULT_FPS,
+    help="Frames per second, of the file and the motion conditioning.",
+)
+@click.option(
+    "--motion-bucket-id",
+    type=LimitType(MOTION_BUCKET_ID),
+    default=IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID,
+    help="More motion when higher.",
+)
+@click.option(
+    "--noise-aug-strength",
+    type=LimitType(NOISE_AUG_STRENGTH, integer=False),
+    default=IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH,
+    help="Noise added to the input image; higher lets the clip stray further from it.",
+)
+@click.option(
+    "--decode-chunk-size",
+    type=LimitType(DECODE_CHUNK_SIZE),
+    default=None,
+    help="Frames the VAE decodes at once; lower uses less memory. Default: all frames.",
+)
+@generation_options(IMAGE2VIDEO_DEFAULT_STEPS)
+@model_options(TASK)
+def animate(
+    images: tuple[str, ...],
+    output: Path,
+    frames_dir: Path | None,
+    frames: int | None,
+    fps: int,
+    motion_bucket_id: int,
+    noise_aug_strength: float,
+    decode_chunk_size: int | None,
+    steps: int,
+    seed: int | None,
+    height: int | None,
+    width: int | None,
+    quiet: bool,
+    model: str,
+    device: str,
+    dtype: str,
+) -> None:
+    """Turn each IMAGE (a file path or an http(s) URL) into a short video clip.
+
+    The image is resized to cover the clip size and centre-cropped (576x1024 for SVD by default).
+    """
+    run(
+        images=list(images),
+        output=output,
+        frames_dir=frames_dir,
+        num_frames=frames,
+        fps=fps,
+        motion_bucket_id=motion_bucket_id,
+        noise_aug_strength=noise_aug_strength,
+        decode_chunk_size=decode_chunk_size,
+        steps=steps,
+        seed=seed,
+        height=height,
+        width=width,
+        model=model,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+    )
+
+
+def run(
+    *,
+    images: list[str],
+    output: Path,
+    frames_dir: Path | None = None,
+    num_frames: int | None = None,
+    fps: int = IMAGE2VIDEO_DEFAULT_FPS,
+    motion_bucket_id: int = IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID,
+    noise_aug_strength: float = IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH,
+    decode_chunk_size: int | None = None,
+    steps: int = IMAGE2VIDEO_DEFAULT_STEPS,
+    seed: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    quiet: bool = False,
+) -> list[Path]:
+    """Write one clip per input image; returns the clip paths in input order."""
+    from ..media.files import prepare_output
+    from ..media.images import decode_image
+    from ..media.video import check_video_path, write_frames, write_video
+
+    check_video_path(output)
+    params = Image2VideoParams(
+        num_frames=num_frames,
+        fps=fps,
+        motion_bucket_id=motion_bucket_id,
+        noise_aug_strength=noise_aug_strength,
+        decode_chunk_size=decode_chunk_size,
+        num_inference_steps=steps,
+        seed=resolve_seed(seed),
+        height=height,
+        width=width,
+    )
+    inputs = [decode_image(read_source(src), source=src) for src in images]
+    paths = numbered_paths(output, len(inputs))
+    prepare_output(output)
+    if frames_dir is not None:
+        prepare_output(frames_dir / "frame.png")
+
+    reporter = Reporter(quiet=quiet)
+    from ..models import ModelRegistry
+
+    registry = ModelRegistry(device=device, dtype=dtype)
+    with reporter.status(f"Loading {model}..."):
+        i2v = registry.image2video(model)
+    assert params.seed is not None
+    for k, (image, path) in enumerate(zip(inputs, paths, strict=True)):
+        clip_params = i2v.complete(dataclasses.replace(params, seed=image_seed(params.seed, k)))
+        label = f"clip {k + 1}/{len(inputs)}" if len(inputs) > 1 else "animating"
+        with reporter.steps(label, steps) as on_step:
+            clip = i2v.generate(image, clip_params, on_step=on_step)
+        info = write_video(clip, path, fps=fps)
+        if frames_dir is not None:
+            write_frames(clip, frames_dir, stem=path.stem)
+        reporter.info(
+            f"{path} ({info.frames} frames, {info.width}x{info.height}, {fps} fps, seed {clip_params.seed})"
+        )
+    return paths
+
+
+def read_source(source: str) -> bytes:
+    """A local file or an http(s) URL; the person running the CLI may reach their own network."""
+    from ..media.fetch import UrlPolicy, fetch_url_sync
+    from ..media.images import MAX_INPUT_BYTES, looks_like_url
+
+    if looks_like_url(source):
+        return fetch_url_sync(source, UrlPolicy(allow_private=True), field=source)
+    path = Path(source).expanduser()
+    try:
+        if path.stat().st_size > MAX_INPUT_BYTES:
+            raise InvalidInput(f"{source}: larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{source}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInput(f"{source}: is a folder, not an image") from None
+    except OSError as exc:
+        raise InvalidInput(f"{source}: cannot read it ({exc.strerror or type(exc).__name__})") from None

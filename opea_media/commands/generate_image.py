@@ -1,0 +1,169 @@
+"""`opea-media generate-image`: prompts in, PNG files out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from ..config import Task
+from ..errors import InvalidInput
+from ..params import (
+    GUIDANCE_SCALE,
+    NUM_IMAGES,
+    SCHEDULERS,
+    TEXT2IMAGE_DEFAULT_GUIDANCE,
+    TEXT2IMAGE_DEFAULT_SCHEDULER,
+    TEXT2IMAGE_DEFAULT_STEPS,
+    Text2ImageParams,
+    image_seed,
+    resolve_seed,
+)
+from .options import LimitType, generation_options, model_options
+from .outputs import numbered_paths
+from .progress import Reporter
+
+TASK: Task = "text2image"
+
+
+@click.command("generate-image")
+@click.argument("prompt", required=False)
+@click.option(
+    "--prompts-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read prompts from FILE ('-' for stdin), one per line; blank lines and # comments are skipped.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("image.png"),
+    help="The PNG to write. Several images are numbered: image.png -> image-1.png, image-2.png, ...",
+)
+@click.option("-n", "--num-images", type=LimitType(NUM_IMAGES), default=1, help="Images per prompt.")
+@click.option(
+    "--guidance-scale",
+    type=LimitType(GUIDANCE_SCALE, integer=False),
+    default=TEXT2IMAGE_DEFAULT_GUIDANCE,
+    help="How strongly to follow the prompt (classifier-free guidance).",
+)
+@click.option("--negative-prompt", default=None, help="What the image should not show.")
+@click.option(
+    "--scheduler",
+    type=click.Choice(SCHEDULERS),
+    default=TEXT2IMAGE_DEFAULT_SCHEDULER,
+    help="The sampler; 'default' is the one the model ships with.",
+)
+@generation_options(TEXT2IMAGE_DEFAULT_STEPS)
+@model_options(TASK)
+def generate_image(
+    prompt: str | None,
+    prompts_file: TextIO | None,
+    output: Path,
+    num_images: int,
+    guidance_scale: float,
+    negative_prompt: str | None,
+    scheduler: str,
+    steps: int,
+    seed: int | None,
+    height: int | None,
+    width: int | None,
+    quiet: bool,
+    model: str,
+    device: str,
+    dtype: str,
+) -> None:
+    """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
+    prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
+    if not prompts:
+        raise click.UsageError("give a PROMPT or --prompts-file")
+    run(
+        prompts=prompts,
+        output=output,
+        num_images=num_images,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        scheduler=scheduler,
+        seed=seed,
+        height=height,
+        width=width,
+        model=model,
+        device=device,
+        dtype=dtype,
+        quiet=quiet,
+    )
+
+
+def read_prompts(lines: Iterable[str]) -> list[str]:
+    prompts = [line.strip() for line in lines]
+    return [p for p in prompts if p and not p.startswith("#")]
+
+
+def run(
+    *,
+    prompts: list[str],
+    output: Path,
+    num_images: int = 1,
+    steps: int = TEXT2IMAGE_DEFAULT_STEPS,
+    guidance_scale: float = TEXT2IMAGE_DEFAULT_GUIDANCE,
+    negative_prompt: str | None = None,
+    scheduler: str = TEXT2IMAGE_DEFAULT_SCHEDULER,
+    seed: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    quiet: bool = False,
+) -> list[Path]:
+    """Write `num_images` PNGs per prompt; returns the paths in prompt order."""
+    from ..media.files import prepare_output, write_atomic
+    from ..media.images import encode_png
+    from ..metadata import text2image_metadata
+
+    if output.suffix.lower() != ".png":
+        raise InvalidInput(f"the output must be a .png file, got {str(output)!r}")
+    base_seed = resolve_seed(seed)
+    # Consecutive seeds, one per image: any single image can be made again on its own.
+    requests = [
+        Text2ImageParams(
+            prompt=text,
+            negative_prompt=negative_prompt,
+            num_images_per_prompt=num_images,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            seed=image_seed(base_seed, i * num_images),
+            scheduler=scheduler,
+        )
+        for i, text in enumerate(prompts)
+    ]
+    paths = numbered_paths(output, len(prompts) * num_images)
+    prepare_output(output)
+
+    reporter = Reporter(quiet=quiet)
+    from ..models import ModelRegistry
+
+    registry = ModelRegistry(device=device, dtype=dtype)
+    with reporter.status(f"Loading {model}..."):
+        t2i = registry.text2image(model)
+    written: list[Path] = []
+    for i, request in enumerate(requests):
+        request = t2i.complete(request)
+        label = f"prompt {i + 1}/{len(requests)}" if len(requests) > 1 else "generating"
+        with reporter.steps(label, steps) as on_step:
+            images = t2i.generate([request], on_step=on_step)[0]
+        for k, image in enumerate(images):
+            image_params = dataclasses.replace(
+                request, num_images_per_prompt=1, seed=image_seed(base_seed, i * num_images + k)
+            )
+            path = paths[len(written)]
+            write_atomic(path, encode_png(image, metadata=text2image_metadata(image_params, model=model)))
+            written.append(path)
+            reporter.info(f"{path} (seed {image_params.seed})")
+    return written

