@@ -23,7 +23,7 @@ from ..params import (
     image_seed,
     resolve_seed,
 )
-from .options import LimitType, generation_options, model_options
+from .options import LimitType, ModelChoice, generation_options, model_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
@@ -100,22 +100,23 @@ def animate(
 
     The image is resized to cover the clip size and centre-cropped (576x1024 for SVD by default).
     """
-    run(
-        images=list(images),
-        output=output,
-        frames_dir=frames_dir,
+    params = Image2VideoParams(
         num_frames=frames,
         fps=fps,
         motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength,
         decode_chunk_size=decode_chunk_size,
-        steps=steps,
+        num_inference_steps=steps,
         seed=seed,
         height=height,
         width=width,
-        model=model,
-        device=device,
-        dtype=dtype,
+    )
+    run(
+        images=list(images),
+        output=output,
+        frames_dir=frames_dir,
+        params=params,
+        model=ModelChoice(model, device, dtype),
         quiet=quiet,
     )
 
@@ -124,19 +125,9 @@ def run(
     *,
     images: list[str],
     output: Path,
+    params: Image2VideoParams,
+    model: ModelChoice,
     frames_dir: Path | None = None,
-    num_frames: int | None = None,
-    fps: int = IMAGE2VIDEO_DEFAULT_FPS,
-    motion_bucket_id: int = IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID,
-    noise_aug_strength: float = IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH,
-    decode_chunk_size: int | None = None,
-    steps: int = IMAGE2VIDEO_DEFAULT_STEPS,
-    seed: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    model: str,
-    device: str = "auto",
-    dtype: str = "auto",
     quiet: bool = False,
 ) -> list[Path]:
     """Write one clip per input image; returns the clip paths in input order."""
@@ -145,17 +136,7 @@ def run(
     from ..media.video import check_video_path, write_frames, write_video
 
     check_video_path(output)
-    params = Image2VideoParams(
-        num_frames=num_frames,
-        fps=fps,
-        motion_bucket_id=motion_bucket_id,
-        noise_aug_strength=noise_aug_strength,
-        decode_chunk_size=decode_chunk_size,
-        num_inference_steps=steps,
-        seed=resolve_seed(seed),
-        height=height,
-        width=width,
-    )
+    base_seed = resolve_seed(params.seed)
     inputs = [decode_image(read_source(src), source=src) for src in images]
     paths = numbered_paths(output, len(inputs))
     prepare_output(output)
@@ -163,23 +144,18 @@ def run(
         prepare_output(frames_dir / "frame.png")
 
     reporter = Reporter(quiet=quiet)
-    from ..models import ModelRegistry
-
-    registry = ModelRegistry(device=device, dtype=dtype)
-    with reporter.status(f"Loading {model}..."):
-        i2v = registry.image2video(model)
-    assert params.seed is not None
+    with reporter.status(f"Loading {model.ref}..."):
+        i2v = model.registry().image2video(model.ref)
     for k, (image, path) in enumerate(zip(inputs, paths, strict=True)):
-        clip_params = i2v.complete(dataclasses.replace(params, seed=image_seed(params.seed, k)))
+        clip_params = i2v.complete(dataclasses.replace(params, seed=image_seed(base_seed, k)))
         label = f"clip {k + 1}/{len(inputs)}" if len(inputs) > 1 else "animating"
-        with reporter.steps(label, steps) as on_step:
+        with reporter.steps(label, params.num_inference_steps) as on_step:
             clip = i2v.generate(image, clip_params, on_step=on_step)
-        info = write_video(clip, path, fps=fps)
+        info = write_video(clip, path, fps=params.fps)
         if frames_dir is not None:
             write_frames(clip, frames_dir, stem=path.stem)
-        reporter.info(
-            f"{path} ({info.frames} frames, {info.width}x{info.height}, {fps} fps, seed {clip_params.seed})"
-        )
+        size = f"{info.width}x{info.height}"
+        reporter.info(f"{path} ({info.frames} frames, {size}, {params.fps} fps, seed {clip_params.seed})")
     return paths
 
 

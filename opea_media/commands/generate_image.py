@@ -22,7 +22,7 @@ from ..params import (
     image_seed,
     resolve_seed,
 )
-from .options import LimitType, generation_options, model_options
+from .options import LimitType, ModelChoice, generation_options, model_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
@@ -80,22 +80,18 @@ def generate_image(
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
     if not prompts:
         raise click.UsageError("give a PROMPT or --prompts-file")
-    run(
-        prompts=prompts,
-        output=output,
-        num_images=num_images,
-        steps=steps,
-        guidance_scale=guidance_scale,
+    params = Text2ImageParams(
+        prompt=prompts[0],
         negative_prompt=negative_prompt,
-        scheduler=scheduler,
-        seed=seed,
+        num_images_per_prompt=num_images,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
         height=height,
         width=width,
-        model=model,
-        device=device,
-        dtype=dtype,
-        quiet=quiet,
+        seed=seed,
+        scheduler=scheduler,
     )
+    run(prompts=prompts, output=output, params=params, model=ModelChoice(model, device, dtype), quiet=quiet)
 
 
 def read_prompts(lines: Iterable[str]) -> list[str]:
@@ -104,66 +100,40 @@ def read_prompts(lines: Iterable[str]) -> list[str]:
 
 
 def run(
-    *,
-    prompts: list[str],
-    output: Path,
-    num_images: int = 1,
-    steps: int = TEXT2IMAGE_DEFAULT_STEPS,
-    guidance_scale: float = TEXT2IMAGE_DEFAULT_GUIDANCE,
-    negative_prompt: str | None = None,
-    scheduler: str = TEXT2IMAGE_DEFAULT_SCHEDULER,
-    seed: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    model: str,
-    device: str = "auto",
-    dtype: str = "auto",
-    quiet: bool = False,
+    *, prompts: list[str], output: Path, params: Text2ImageParams, model: ModelChoice, quiet: bool = False
 ) -> list[Path]:
-    """Write `num_images` PNGs per prompt; returns the paths in prompt order."""
+    """Write `params.num_images_per_prompt` PNGs per prompt; returns the paths in prompt order."""
     from ..media.files import prepare_output, write_atomic
     from ..media.images import encode_png
     from ..metadata import text2image_metadata
 
     if output.suffix.lower() != ".png":
         raise InvalidInput(f"the output must be a .png file, got {str(output)!r}")
-    base_seed = resolve_seed(seed)
+    base_seed = resolve_seed(params.seed)
+    num_images = params.num_images_per_prompt
     # Consecutive seeds, one per image: any single image can be made again on its own.
     requests = [
-        Text2ImageParams(
-            prompt=text,
-            negative_prompt=negative_prompt,
-            num_images_per_prompt=num_images,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            seed=image_seed(base_seed, i * num_images),
-            scheduler=scheduler,
-        )
+        dataclasses.replace(params, prompt=text, seed=image_seed(base_seed, i * num_images))
         for i, text in enumerate(prompts)
     ]
     paths = numbered_paths(output, len(prompts) * num_images)
     prepare_output(output)
 
     reporter = Reporter(quiet=quiet)
-    from ..models import ModelRegistry
-
-    registry = ModelRegistry(device=device, dtype=dtype)
-    with reporter.status(f"Loading {model}..."):
-        t2i = registry.text2image(model)
+    with reporter.status(f"Loading {model.ref}..."):
+        t2i = model.registry().text2image(model.ref)
     written: list[Path] = []
     for i, request in enumerate(requests):
         request = t2i.complete(request)
         label = f"prompt {i + 1}/{len(requests)}" if len(requests) > 1 else "generating"
-        with reporter.steps(label, steps) as on_step:
+        with reporter.steps(label, params.num_inference_steps) as on_step:
             images = t2i.generate([request], on_step=on_step)[0]
         for k, image in enumerate(images):
             image_params = dataclasses.replace(
                 request, num_images_per_prompt=1, seed=image_seed(base_seed, i * num_images + k)
             )
             path = paths[len(written)]
-            write_atomic(path, encode_png(image, metadata=text2image_metadata(image_params, model=model)))
+            write_atomic(path, encode_png(image, metadata=text2image_metadata(image_params, model=model.ref)))
             written.append(path)
             reporter.info(f"{path} (seed {image_params.seed})")
     return written

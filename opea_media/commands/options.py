@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, ENV_PREFIX, Task
 from ..errors import InvalidInput
 from ..params import IMAGE_SIDE, SEED, STEPS, Limit
+
+if TYPE_CHECKING:
+    from ..models import ModelRegistry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +44,20 @@ class LimitType(click.ParamType):
         if self.integer:
             return f"{int(self.limit.min)}..{int(self.limit.max)}"
         return f"{self.limit.min}..{self.limit.max}"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """--model / --device / --dtype as given; nothing heavy is imported until registry()."""
+
+    ref: str
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def registry(self) -> ModelRegistry:
+        from ..models import ModelRegistry
+
+        return ModelRegistry(device=self.device, dtype=self.dtype)
 
 
 def env(name: str) -> str:
