@@ -10,6 +10,7 @@ import click
 from . import __version__
 from .commands.animate import animate
 from .commands.generate_image import generate_image
+from .commands.serve import serve
 from .config import ENV_PREFIX
 from .errors import EXIT_INTERRUPTED, OpeaMediaError
 
@@ -59,6 +60,7 @@ def cli(verbose: int) -> None:
 
 cli.add_command(generate_image)
 cli.add_command(animate)
+cli.add_command(serve)
 
 
 def main() -> None:

@@ -39,3 +39,56 @@ def tiny_t2i(registry):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def tiny_i2v(registry):  # type: ignore[no-untyped-def]
     return registry.image2video("tiny")
+
+
+# --- the HTTP service (tests/test_server_*.py) ------------------------------------------------------
+
+
+@pytest.fixture
+def server_client(aiohttp_client):  # type: ignore[no-untyped-def]
+    """Factory: an in-process test client for create_app(ServerConfig(**options), model_handle=handle).
+
+    Waits until /health says the model is ready unless wait_ready=False. The server runs as
+    web.run_app runs it: aiohttp's test server would cancel handlers when a client disconnects,
+    which production does not, and the service must notice disconnects on its own.
+    """
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from opea_media.server.app import create_app
+    from opea_media.server.config import ServerConfig
+
+    class ProductionTestServer(TestServer):
+        async def _make_runner(self, **kwargs):  # type: ignore[no-untyped-def]
+            kwargs["handler_cancellation"] = False  # web.run_app's default
+            return web.AppRunner(self.app, **kwargs)
+
+    async def make(handle=None, *, wait_ready: bool = True, **options):  # type: ignore[no-untyped-def]
+        app = create_app(ServerConfig(**options), model_handle=handle)
+        client = await aiohttp_client(ProductionTestServer(app))
+        if wait_ready:
+            for _ in range(600):
+                response = await client.get("/health")
+                if response.status == 200:
+                    break
+                body = await response.json()
+                assert body["status"] == "loading", body
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the model did not become ready within 30 s")
+        return client
+
+    return make
+
+
+@pytest.fixture
+def server_tiny_t2i(registry, tiny_t2i):  # type: ignore[no-untyped-def]
+    """The session's loaded tiny text2image handle, for create_app(model_handle=...)."""
+    return registry.handle("text2image", "tiny")
+
+
+@pytest.fixture
+def server_tiny_i2v(registry, tiny_i2v):  # type: ignore[no-untyped-def]
+    return registry.handle("image2video", "tiny")

@@ -1,0 +1,273 @@
+"""`opea-media serve`: run the OPEA text2image (9379) or image2video (9369) HTTP service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..config import DEFAULT_MODELS, DEVICES, DTYPES, TASKS, Task
+from ..server.config import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SHUTDOWN_GRACE,
+    LOG_LEVELS,
+    MIB,
+)
+from .options import F, env
+
+log = logging.getLogger("opea_media.serve")
+
+EXIT_CANNOT_LISTEN = 1  # the port is taken or the address is not ours: nothing was served
+
+
+def _option(name: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
+    """A flag that also reads OPEA_MEDIA_<envvar>, shown in --help."""
+    return click.option(name, envvar=env(envvar), show_envvar=True, **kwargs)
+
+
+@click.command("serve")
+@_option(
+    "--service",
+    "SERVICE",
+    type=click.Choice(TASKS),
+    default="text2image",
+    help="Which OPEA service to run; each container runs one.",
+)
+@_option("--host", "HOST", default=DEFAULT_HOST, help="The address to listen on; 127.0.0.1 keeps it local.")
+@_option(
+    "--port",
+    "PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="The port to listen on. Default: 9379 for text2image, 9369 for image2video.",
+)
+@_option(
+    "--model",
+    "MODEL",
+    default=None,
+    help="A Hugging Face Hub id, a local diffusers pipeline folder, or 'tiny' (a small built-in "
+    "random-weight model for smoke tests). Default: $OPEA_MEDIA_TEXT2IMAGE_MODEL or "
+    "$OPEA_MEDIA_IMAGE2VIDEO_MODEL "
+    f"(the variable of the chosen service), else {DEFAULT_MODELS['text2image']} for text2image and "
+    f"{DEFAULT_MODELS['image2video']} for image2video.",
+)
+@_option(
+    "--device",
+    "DEVICE",
+    type=click.Choice(DEVICES),
+    default="auto",
+    help="Where to run: auto picks CUDA when a GPU is present, else the CPU.",
+)
+@_option(
+    "--dtype",
+    "DTYPE",
+    type=click.Choice(DTYPES),
+    default="auto",
+    help="Weights precision: auto is float16 on CUDA, float32 on the CPU.",
+)
+@_option(
+    "--max-queue",
+    "MAX_QUEUE",
+    type=click.IntRange(1, 10_000),
+    default=DEFAULT_MAX_QUEUE,
+    help="Requests that may wait for the model; more get 503 with Retry-After at once.",
+)
+@_option(
+    "--max-batch-size",
+    "MAX_BATCH_SIZE",
+    type=click.IntRange(1, 64),
+    default=DEFAULT_MAX_BATCH_SIZE,
+    help="text2image: merge up to this many queued requests with equal parameters (all but prompt and "
+    "seed) into one pipeline call. More throughput on a GPU, more memory per call.",
+)
+@_option(
+    "--request-timeout",
+    "REQUEST_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_REQUEST_TIMEOUT,
+    help="Seconds a request may take in all, queueing included; then 504 and its job is dropped or "
+    "interrupted.",
+)
+@_option(
+    "--api-key",
+    "API_KEY",
+    default=None,
+    show_default=False,
+    help="Require 'Authorization: Bearer KEY' on /v1/*; /health* and /metrics stay open. Prefer the "
+    "environment variable: command lines are visible to every user of the machine.",
+)
+@_option(
+    "--log-level",
+    "LOG_LEVEL",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default=DEFAULT_LOG_LEVEL,
+    help="Level of the service's own JSON logs; libraries log warnings and worse only.",
+)
+@_option(
+    "--allow-private-urls",
+    "ALLOW_PRIVATE_URLS",
+    is_flag=True,
+    help="Let image URLs reach loopback, private and link-local addresses (cloud metadata included). "
+    "Only for trusted clients.",
+)
+@_option(
+    "--allowed-url-hosts",
+    "ALLOWED_URL_HOSTS",
+    default="",
+    help="Comma-separated host names that image URLs may use; empty: any public host.",
+)
+@_option(
+    "--max-body-mib",
+    "MAX_BODY_MIB",
+    type=click.IntRange(1, 1024),
+    default=DEFAULT_MAX_BODY_BYTES // MIB,
+    help="Largest request body in MiB; larger ones get 413. Base64 adds a third to an image's size.",
+)
+@_option(
+    "--shutdown-grace",
+    "SHUTDOWN_GRACE",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_SHUTDOWN_GRACE,
+    help="On SIGTERM/SIGINT, seconds to let requests in progress finish (new ones get 503) before exiting.",
+)
+@_option(
+    "--fetch-timeout",
+    "FETCH_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_FETCH_TIMEOUT,
+    help="Seconds to download one image URL, redirects included.",
+)
+def serve(
+    service: Task,
+    host: str,
+    port: int | None,
+    model: str | None,
+    device: str,
+    dtype: str,
+    max_queue: int,
+    max_batch_size: int,
+    request_timeout: float,
+    api_key: str | None,
+    log_level: str,
+    allow_private_urls: bool,
+    allowed_url_hosts: str,
+    max_body_mib: int,
+    shutdown_grace: float,
+    fetch_timeout: float,
+) -> None:
+    """Run the text2image or image2video HTTP service (JSON logs on stderr).
+
+    The port opens at once and the model loads in the background: /health answers 503 until it is
+    ready. SIGTERM stops admitting requests and lets those in progress finish.
+    """
+    run(
+        service=service,
+        host=host,
+        port=port,
+        # The per-task variable is the one generate-image and animate read too.
+        model=model or os.environ.get(env(f"{service.upper()}_MODEL")) or None,
+        device=device,
+        dtype=dtype,
+        max_queue=max_queue,
+        max_batch_size=max_batch_size,
+        request_timeout=request_timeout,
+        api_key=api_key or None,  # OPEA_MEDIA_API_KEY= (empty) in a compose file means no key
+        log_level=log_level.lower(),
+        allow_private_urls=allow_private_urls,
+        allowed_url_hosts=tuple(h for h in re.split(r"[,\s]+", allowed_url_hosts) if h),
+        max_body_bytes=max_body_mib * MIB,
+        shutdown_grace=shutdown_grace,
+        fetch_timeout=fetch_timeout,
+    )
+
+
+def run(
+    *,
+    service: Task = "text2image",
+    host: str = DEFAULT_HOST,
+    port: int | None = None,
+    model: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    api_key: str | None = None,
+    log_level: str = DEFAULT_LOG_LEVEL,
+    allow_private_urls: bool = False,
+    allowed_url_hosts: tuple[str, ...] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
+) -> None:
+    """Build the config and the app, then serve until SIGTERM/SIGINT (exit 0 after draining)."""
+    from aiohttp import web
+
+    from ..server.app import create_app
+    from ..server.config import ServerConfig
+    from ..server.listen import listening_socket
+    from ..server.logs import configure_logging
+    from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
+
+    config = ServerConfig(
+        service=service,
+        host=host,
+        port=port,
+        model=model,
+        device=device,
+        dtype=dtype,
+        max_queue=max_queue,
+        max_batch_size=max_batch_size,
+        request_timeout=request_timeout,
+        api_key=api_key,
+        log_level=log_level,
+        allow_private_urls=allow_private_urls,
+        allowed_url_hosts=allowed_url_hosts,
+        max_body_bytes=max_body_bytes,
+        shutdown_grace=shutdown_grace,
+        fetch_timeout=fetch_timeout,
+    )
+    configure_logging(config.log_level)
+    try:
+        sock = listening_socket(config.host, config.bind_port)
+    except OSError as exc:
+        log.critical("cannot listen on %s:%d: %s", config.host, config.bind_port, exc.strerror or exc)
+        raise click.exceptions.Exit(EXIT_CANNOT_LISTEN) from None
+    app = create_app(config)
+    drain_on_signals(app)
+    url = f"http://{config.host}:{config.bind_port}"
+    log.info(
+        "starting the %s service",
+        config.service,
+        extra={
+            "service": config.service,
+            "model": config.model_ref,
+            "device": config.device,
+            "dtype": config.dtype,
+            "max_queue": config.max_queue,
+            "max_batch_size": config.max_batch_size,
+            "request_timeout": config.request_timeout,
+            "auth": "api key" if config.api_key else "off",
+            "allow_private_urls": config.allow_private_urls,
+            "allowed_url_hosts": list(config.allowed_url_hosts),
+        },
+    )
+    web.run_app(
+        app,
+        sock=sock,
+        shutdown_timeout=CLOSE_TIMEOUT,
+        access_log=None,  # the access middleware writes JSON access lines with request ids
+        print=lambda _banner: log.info("listening on %s", url, extra={"url": url}),
+        handle_signals=True,
+    )
+    log.info("stopped")

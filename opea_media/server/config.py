@@ -1,0 +1,76 @@
+"""The service's settings, built once by the `serve` command (or a test) and never changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DEFAULT_MODELS, DEFAULT_PORTS, DEVICES, DTYPES, TASKS, Task
+from ..errors import InvalidInput
+
+MIB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_BATCH_SIZE = 1  # the spec's "one request at a time"; batching is opt-in
+DEFAULT_REQUEST_TIMEOUT = 300.0
+# Several base64 images fit; aiohttp's own default (1 MiB) would refuse one photo.
+DEFAULT_MAX_BODY_BYTES = 32 * MIB
+DEFAULT_SHUTDOWN_GRACE = 30.0
+DEFAULT_FETCH_TIMEOUT = 15.0
+DEFAULT_LOG_LEVEL = "debug"  # the spec's default for the project's own loggers
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything one service process needs to know; invalid combinations raise InvalidInput."""
+
+    service: Task = "text2image"
+    host: str = DEFAULT_HOST
+    port: int | None = None  # None: the service's OPEA port (9379 / 9369)
+    model: str | None = None  # None: the service's default model
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: Path | None = None  # None: OPEA_MEDIA_CACHE or ~/.cache/opea-media
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    api_key: str | None = None
+    log_level: str = DEFAULT_LOG_LEVEL
+    allow_private_urls: bool = False
+    allowed_url_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
+    io_threads: int = 4  # image decoding and PNG encoding, off the event loop
+
+    def __post_init__(self) -> None:
+        if self.service not in TASKS:
+            raise InvalidInput(f"unknown service {self.service!r}; choose one of {', '.join(TASKS)}")
+        if self.device not in DEVICES:
+            raise InvalidInput(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise InvalidInput(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidInput(f"unknown log level {self.log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise InvalidInput(f"port must be between 0 and 65535, got {self.port}")
+        for name in ("max_queue", "max_batch_size", "max_body_bytes", "io_threads"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("request_timeout", "fetch_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
+        if self.shutdown_grace < 0:
+            raise InvalidInput(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInput("api_key must not be blank; leave it unset to turn authentication off")
+
+    @property
+    def bind_port(self) -> int:
+        return DEFAULT_PORTS[self.service] if self.port is None else self.port
+
+    @property
+    def model_ref(self) -> str:
+        return self.model or DEFAULT_MODELS[self.service]

@@ -1,0 +1,124 @@
+"""Request ids and access logs around every request, and the one error middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import Cancelled, OpeaMediaError
+from .config import MIB
+from .errors import CLIENT_CLOSED, error_response
+from .logs import request_id_var
+from .state import CONFIG, METRICS
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("opea_media.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A caller's own id is kept (to follow a request across services) only if it is harmless in logs.
+_GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Probes and scrapes every few seconds would drown the access log at info.
+_QUIET_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
+
+def _endpoint(request: web.Request) -> str:
+    """The route's pattern, never the raw path: random 404 paths must not mint metric series."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give the request an id (also returned in X-Request-ID), then log and count it."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = incoming if _GOOD_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    token = request_id_var.set(request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        endpoint = _endpoint(request)
+        metrics = request.app[METRICS]
+        metrics.requests.labels(endpoint, request.method, str(status)).inc()
+        metrics.request_seconds.labels(endpoint).observe(seconds)
+        level = logging.DEBUG if request.path in _QUIET_PATHS and status < 500 else logging.INFO
+        access_log.log(
+            level,
+            "%s %s %d",
+            request.method,
+            request.path,
+            status,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 1),
+                "remote": request.remote,
+            },
+        )
+        request_id_var.reset(token)
+
+
+def _http_exception_detail(exc: web.HTTPException, request: web.Request) -> str:
+    """aiohttp's own errors in words (its texts give sizes in bytes or are bare reason phrases)."""
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no such endpoint: {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return (
+            f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(exc.allowed_methods))}"
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        limit = request.app[CONFIG].max_body_bytes
+        return f"the request body is larger than the {limit / MIB:g} MiB limit"
+    text = exc.text or ""
+    # Our own raises carry a sentence; aiohttp's carry "415: Unsupported Media Type"-style text.
+    return text if text and not text.startswith(f"{exc.status}:") else exc.reason
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure, aiohttp's 404/405/413 included, leaves as the spec's JSON error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and the like are answers, not failures
+            raise
+        keep = ("allow", "www-authenticate", "retry-after")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in keep}
+        return error_response(exc.status, _http_exception_detail(exc, request), headers=headers)
+    except Cancelled as exc:
+        # Nobody is listening any more; the status is for the access log and the metrics.
+        log.info("request cancelled: %s", exc.detail)
+        return web.Response(status=CLIENT_CLOSED)
+    except OpeaMediaError as exc:
+        headers = dict(getattr(exc, "headers", {}))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        if exc.http_status >= 500:
+            # 503s (loading, busy) are routine; a failed or late inference is worth a warning.
+            level = logging.INFO if exc.http_status == 503 else logging.WARNING
+            log.log(level, "request failed: %s", exc.detail, extra={"status": exc.http_status})
+        return error_response(exc.http_status, exc.detail, headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A bug of ours or a library surprise: the full story goes to the log, never to the client.
+        log.exception("unhandled error")
+        return error_response(
+            500, "internal error; the service log has the details under this request's X-Request-ID"
+        )

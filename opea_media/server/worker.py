@@ -1,0 +1,248 @@
+"""The model's worker thread and its bounded FIFO queue.
+
+A diffusers pipeline keeps per-call scheduler state, so exactly one thread ever calls it. The
+thread loads the model first (the port is already open), then drains the queue, merging
+compatible text2image jobs into one pipeline call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from ..errors import Cancelled, DeadlineExceeded, ModelFailure, ModelUnavailable, OpeaMediaError
+from .errors import ModelLoading, QueueFull, ShuttingDown
+from .jobs import DEADLINE, RUNNERS, SHUTDOWN, Job
+from .metrics import Metrics
+from .model_slot import ModelSlot
+
+log = logging.getLogger(__name__)
+
+LOADING_RETRY_AFTER = 10  # seconds: a model loads in seconds (cached) to minutes (downloading)
+_MAX_RETRY_AFTER = 600
+
+
+class InferenceWorker:
+    """Owns the model and its queue; the event loop only submits and cancels jobs."""
+
+    def __init__(self, *, slot: ModelSlot, max_queue: int, max_batch_size: int, metrics: Metrics) -> None:
+        self.slot = slot
+        self.task = slot.task
+        self._max_queue = max_queue
+        self._max_batch_size = max_batch_size if slot.task == "text2image" else 1
+        self._metrics = metrics
+        self._run_batch = RUNNERS[slot.task]
+        self._queue: deque[Job] = deque()
+        self._running: list[Job] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._abort = False  # set when the grace period is over: interrupt the running batch
+        self._seconds_per_job: float | None = None  # moving average, for Retry-After
+        self._thread = threading.Thread(target=self._main, name=f"opea-media-{slot.task}-worker", daemon=True)
+
+    # --- called from the event loop -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def check_admission(self) -> None:
+        """Raise the 503 a new request should get now, before any work is spent on it."""
+        status = self.slot.status
+        if status.state == "loading":
+            raise ModelLoading(f"{status.detail}; retry shortly", retry_after=LOADING_RETRY_AFTER)
+        if status.state == "failed":
+            raise ModelUnavailable(status.detail)  # no Retry-After: retrying will not help
+        if self._stopping:
+            raise ShuttingDown()
+        if len(self._queue) >= self._max_queue:
+            raise QueueFull(
+                f"the queue is full ({self._max_queue} requests waiting); retry later",
+                retry_after=self.retry_after(),
+            )
+
+    def submit(self, job: Job) -> None:
+        """Admit a job, or raise the 503 that says why not (the queue is full, shutting down)."""
+        with self._cond:
+            self.check_admission()
+            self._queue.append(job)
+            self._metrics.queue_depth.set(len(self._queue))
+            self._cond.notify()
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """The handler gave up on a job: drop it if queued, else the running batch notices it."""
+        job.cancel_reason = reason
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # running (interrupted at the next step) or already finished
+            self._metrics.queue_depth.set(len(self._queue))
+        self._log_cancelled(job, "dropped from the queue")
+
+    def retry_after(self) -> int:
+        """Seconds until a queue slot is likely free; a hint for clients, not a promise."""
+        per_job = self._seconds_per_job or 5.0
+        waiting = (len(self._queue) + 1) / self._max_batch_size
+        return max(1, min(_MAX_RETRY_AFTER, math.ceil(per_job * waiting)))
+
+    def abort(self) -> None:
+        """Refuse new jobs, answer queued ones with 503 and interrupt the running batch at its next step."""
+        with self._cond:
+            self._stopping = True
+            self._abort = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self._metrics.queue_depth.set(0)
+            self._cond.notify_all()
+        for job in dropped:
+            self._give_up(job, SHUTDOWN, ShuttingDown("the service shut down before this request ran"))
+
+    def stop(self, timeout: float) -> None:
+        """abort(), then wait up to `timeout` seconds for the thread to end."""
+        self.abort()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the worker did not stop within %.1f s; leaving it behind", timeout)
+
+    # --- the worker thread ------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        model = self.slot.load()
+        if model is None:
+            return
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._execute(model, batch)
+
+    def _next_batch(self) -> list[Job] | None:
+        """The oldest job plus queued jobs that can share its pipeline call; None once stopping."""
+        expired: list[Job] = []
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._queue and self._queue[0].expired(now):
+                    expired.append(self._queue.popleft())
+                # Stopping with an empty queue ends the thread: nothing new is admitted by then.
+                if self._queue or self._stopping:
+                    break
+                self._cond.wait()
+            if not self._queue:
+                batch = None
+            else:
+                head = self._queue.popleft()
+                batch = [head]
+                key = head.batch_key()
+                if key is not None and self._max_batch_size > 1:
+                    # Later compatible jobs join the head; the head itself is never overtaken.
+                    for job in list(self._queue):
+                        if len(batch) == self._max_batch_size:
+                            break
+                        if job.batch_key() == key and not job.expired(now):
+                            self._queue.remove(job)
+                            batch.append(job)
+                self._running = batch
+            self._metrics.queue_depth.set(len(self._queue))
+        for job in expired:
+            self._give_up(job, DEADLINE, DeadlineExceeded("the request timed out while waiting in the queue"))
+        return batch
+
+    def _execute(self, model: Any, batch: list[Job]) -> None:
+        started = time.monotonic()
+        for job in batch:
+            job.started_at = started
+            self._metrics.queue_wait_seconds.observe(started - job.enqueued_at)
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.inference_in_progress.set(len(batch))
+        if len(batch) > 1:
+            log.debug(
+                "running a batch of %d jobs", len(batch), extra={"request_ids": [j.request_id for j in batch]}
+            )
+
+        def on_step(step: int, total: int) -> None:
+            if self._abort:
+                raise Cancelled("the service is shutting down")
+            now = time.monotonic()
+            if all(job.abandoned(now) for job in batch):
+                raise Cancelled("no client is waiting for this batch any more")
+
+        results: list[Any] | None = None
+        error: OpeaMediaError | None = None
+        try:
+            results = self._run_batch(model, batch, on_step)
+        except Cancelled:
+            pass  # every job is settled below by why it was abandoned
+        except OpeaMediaError as exc:
+            error = exc
+        except Exception:
+            log.exception("inference failed", extra={"request_ids": [j.request_id for j in batch]})
+            error = ModelFailure("inference failed unexpectedly; see the service log")
+        finally:
+            seconds = time.monotonic() - started
+            self._metrics.inference_seconds.observe(seconds)
+            self._metrics.inference_in_progress.set(0)
+            with self._cond:
+                self._running = []
+            if results is not None:
+                per_job = seconds / len(batch) * self._max_batch_size
+                previous = self._seconds_per_job
+                self._seconds_per_job = per_job if previous is None else 0.7 * previous + 0.3 * per_job
+        for index, job in enumerate(batch):
+            if results is not None:
+                self._deliver(job, result=results[index])
+            elif error is not None:
+                self._deliver(job, error=error)
+            else:
+                self._deliver_interrupted(job)
+
+    def _deliver(self, job: Job, *, result: Any = None, error: OpeaMediaError | None = None) -> None:
+        if job.cancel_reason is not None:
+            self._log_cancelled(job, "finished, but nobody was waiting for the result")
+            return
+        job.settle(result=result, error=error)
+
+    def _deliver_interrupted(self, job: Job) -> None:
+        if job.cancel_reason is not None:
+            self._log_cancelled(job, "interrupted")
+        elif job.expired():
+            self._give_up(
+                job, DEADLINE, DeadlineExceeded("the request timed out during inference"), "interrupted"
+            )
+        else:  # interrupted for shutdown while this client still waited
+            self._give_up(
+                job,
+                SHUTDOWN,
+                ShuttingDown("the service shut down before this request finished"),
+                "interrupted",
+            )
+
+    def _give_up(
+        self, job: Job, reason: str, error: OpeaMediaError, what: str = "dropped from the queue"
+    ) -> None:
+        job.cancel_reason = job.cancel_reason or reason
+        self._log_cancelled(job, what)
+        job.settle(error=error)
+
+    def _log_cancelled(self, job: Job, what: str) -> None:
+        reason = job.cancel_reason or "unknown"
+        self._metrics.jobs_cancelled.labels(reason).inc()
+        log.info(
+            "job %s (%s)",
+            what,
+            reason.replace("_", " "),
+            extra={"request_id": job.request_id, "reason": reason, "task": self.task},
+        )

@@ -1,0 +1,113 @@
+"""Helpers for the tests of the HTTP service: error-body checks, image codecs, fakes for the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import io
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from opea_media.errors import Cancelled, OpeaMediaError
+from opea_media.params import Text2ImageParams
+
+
+def png_bytes(
+    size: tuple[int, int] = (80, 64), color: tuple[int, int, int] = (200, 40, 40), mode: str = "RGB"
+) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color if mode == "RGB" else color + (128,)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_png(text: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+async def assert_error(response: Any, status: int, fragment: str = "") -> dict[str, Any]:
+    """The spec's error body with the response's own status, and a request id to find it in the log."""
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert set(body) == {"detail", "status_code"} and body["status_code"] == status
+    assert fragment in body["detail"], body["detail"]
+    assert "Traceback" not in body["detail"]
+    assert response.headers["X-Request-ID"]
+    return body
+
+
+class GatedText2Image:
+    """A text2image model that runs until its gate opens, reporting a step every 10 ms."""
+
+    def __init__(self, *, fail: Exception | None = None, report_steps: bool = True) -> None:
+        self.gate = threading.Event()
+        self.running = threading.Event()
+        self.calls: list[list[str]] = []
+        self.interrupted: list[list[str]] = []
+        self.fail = fail
+        self.report_steps = report_steps  # False: one endless step, deaf to cancellation until the gate
+
+    def complete(self, params: Text2ImageParams) -> Text2ImageParams:
+        return dataclasses.replace(params, height=params.height or 64, width=params.width or 64)
+
+    def generate(
+        self, batch: list[Text2ImageParams], *, on_step: Callable[[int, int], None]
+    ) -> list[list[Image.Image]]:
+        prompts = [p.prompt for p in batch]
+        self.calls.append(prompts)
+        self.running.set()
+        step = 0
+        while not self.gate.wait(0.01):
+            if not self.report_steps:
+                continue
+            step += 1
+            try:
+                on_step(step, 10_000)
+            except Cancelled:
+                self.interrupted.append(prompts)
+                raise
+        if self.fail is not None:
+            raise self.fail
+        return [[Image.new("RGB", (p.width or 64, p.height or 64), (i, 0, 0))] for i, p in enumerate(batch)]
+
+
+@dataclasses.dataclass
+class FakeHandle:
+    """What the worker needs of a models.ModelHandle: load() once, state, error, load_seconds."""
+
+    model: Any
+    ref: str = "fake"
+    state: str = "not_loaded"
+    error: str | None = None
+    load_seconds: float | None = None
+    gate: threading.Event | None = None
+    load_error: OpeaMediaError | None = None
+
+    def load(self) -> Any:
+        self.state = "loading"
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        if self.load_error is not None:
+            self.state, self.error = "failed", self.load_error.detail
+            raise self.load_error
+        self.state, self.load_seconds = "ready", 0.01
+        return self.model
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
