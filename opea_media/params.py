@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass, fields
 from typing import Any
@@ -44,7 +45,7 @@ IMAGE_SIDE = Limit(64, 2048, multiple_of=8)  # diffusers needs multiples of 8
 GUIDANCE_SCALE = Limit(0.0, 50.0)
 SEED = Limit(0, 2**32 - 1)
 PROMPT_MAX_CHARS = 10_000
-NUM_FRAMES = Limit(1, 128)
+NUM_FRAMES = Limit(2, 128)  # diffusers' SVD pipeline fails on a single frame
 FPS = Limit(1, 60)
 MOTION_BUCKET_ID = Limit(0, 1023)
 NOISE_AUG_STRENGTH = Limit(0.0, 1.0)
@@ -71,20 +72,91 @@ def image_seed(seed: int, index: int) -> int:
     return (seed + index) % (int(SEED.max) + 1)
 
 
-def check_text(field: str, value: Any, *, allow_empty: bool) -> None:
-    if not isinstance(value, str):
-        raise InvalidInput(f"must be a string, got {type(value).__name__}", field=field)
-    if not allow_empty and not value.strip():
-        raise InvalidInput("must not be empty", field=field)
-    if len(value) > PROMPT_MAX_CHARS:
-        raise InvalidInput(f"is {len(value)} characters long; the limit is {PROMPT_MAX_CHARS}", field=field)
-    if "\x00" in value:
-        raise InvalidInput("must not contain NUL characters", field=field)
+@dataclass(frozen=True)
+class Number:
+    """A numeric field's rule: its limit, and whether it takes integers only."""
+
+    limit: Limit
+    integer: bool
+
+    def check(self, field: str, value: Any) -> None:
+        self.limit.check(field, value, integer=self.integer)
 
 
-def _check_optional(field: str, value: Any, limit: Limit, *, integer: bool) -> None:
-    if value is not None:
-        limit.check(field, value, integer=integer)
+# Blank means only characters for which str.isspace() is true, spelled out so that the same
+# regular expression means the same thing here, in JSON Schema validators and in any client.
+_SPACE_CLASS = (
+    "\\u0009-\\u000d\\u001c-\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+NOT_BLANK_PATTERN = f"[^{_SPACE_CLASS}]"
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text field's rule: at most `max_chars` characters, no NUL, and not blank unless allowed."""
+
+    max_chars: int
+    allow_blank: bool
+
+    def check(self, field: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise InvalidInput(f"must be a string, got {type(value).__name__}", field=field)
+        if not self.allow_blank and not re.search(NOT_BLANK_PATTERN, value):
+            raise InvalidInput("must not be empty", field=field)
+        if len(value) > self.max_chars:
+            raise InvalidInput(f"is {len(value)} characters long; the limit is {self.max_chars}", field=field)
+        if not re.search(NO_NUL_PATTERN, value):
+            raise InvalidInput("must not contain NUL characters", field=field)
+        bad = _SURROGATE.search(value)
+        if bad:
+            # JSON can spell one ("\\ud800"), but it is no character: tokenizers fail on it.
+            raise InvalidInput(
+                f"is not valid Unicode: a lone surrogate {bad.group()!r} at position {bad.start()}",
+                field=field,
+            )
+
+
+Rule = Number | Text
+
+# Every checked field of each params type and its rule: __post_init__ applies them, and the
+# server's OpenAPI document is generated from them. A field whose default is None may be None.
+TEXT2IMAGE_RULES: dict[str, Rule] = {
+    "prompt": Text(PROMPT_MAX_CHARS, allow_blank=False),
+    "negative_prompt": Text(PROMPT_MAX_CHARS, allow_blank=True),
+    "num_images_per_prompt": Number(NUM_IMAGES, integer=True),
+    "num_inference_steps": Number(STEPS, integer=True),
+    "guidance_scale": Number(GUIDANCE_SCALE, integer=False),
+    "height": Number(IMAGE_SIDE, integer=True),
+    "width": Number(IMAGE_SIDE, integer=True),
+    "seed": Number(SEED, integer=True),
+}
+IMAGE2VIDEO_RULES: dict[str, Rule] = {
+    "num_frames": Number(NUM_FRAMES, integer=True),
+    "fps": Number(FPS, integer=True),
+    "motion_bucket_id": Number(MOTION_BUCKET_ID, integer=True),
+    "noise_aug_strength": Number(NOISE_AUG_STRENGTH, integer=False),
+    "decode_chunk_size": Number(DECODE_CHUNK_SIZE, integer=True),
+    "num_inference_steps": Number(STEPS, integer=True),
+    "seed": Number(SEED, integer=True),
+    "height": Number(IMAGE_SIDE, integer=True),
+    "width": Number(IMAGE_SIDE, integer=True),
+}
+
+
+def _check_rules(params: Any, rules: dict[str, Rule]) -> None:
+    optional = {f.name for f in fields(params) if f.default is None}
+    for name, rule in rules.items():
+        value = getattr(params, name)
+        if value is None and name in optional:
+            continue
+        rule.check(name, value)
+
+
+def field_defaults(params_type: type) -> dict[str, Any]:
+    """Each field's default (None: decided later, by the model or at random)."""
+    return {f.name: f.default for f in fields(params_type)}
 
 
 @dataclass(frozen=True)
@@ -102,15 +174,7 @@ class Text2ImageParams:
     scheduler: str = TEXT2IMAGE_DEFAULT_SCHEDULER
 
     def __post_init__(self) -> None:
-        check_text("prompt", self.prompt, allow_empty=False)
-        if self.negative_prompt is not None:
-            check_text("negative_prompt", self.negative_prompt, allow_empty=True)
-        NUM_IMAGES.check("num_images_per_prompt", self.num_images_per_prompt, integer=True)
-        STEPS.check("num_inference_steps", self.num_inference_steps, integer=True)
-        GUIDANCE_SCALE.check("guidance_scale", self.guidance_scale, integer=False)
-        _check_optional("height", self.height, IMAGE_SIDE, integer=True)
-        _check_optional("width", self.width, IMAGE_SIDE, integer=True)
-        _check_optional("seed", self.seed, SEED, integer=True)
+        _check_rules(self, TEXT2IMAGE_RULES)
         if self.scheduler not in SCHEDULERS:
             raise InvalidInput(
                 f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}",
@@ -137,12 +201,4 @@ class Image2VideoParams:
     width: int | None = None
 
     def __post_init__(self) -> None:
-        _check_optional("num_frames", self.num_frames, NUM_FRAMES, integer=True)
-        FPS.check("fps", self.fps, integer=True)
-        MOTION_BUCKET_ID.check("motion_bucket_id", self.motion_bucket_id, integer=True)
-        NOISE_AUG_STRENGTH.check("noise_aug_strength", self.noise_aug_strength, integer=False)
-        _check_optional("decode_chunk_size", self.decode_chunk_size, DECODE_CHUNK_SIZE, integer=True)
-        STEPS.check("num_inference_steps", self.num_inference_steps, integer=True)
-        _check_optional("seed", self.seed, SEED, integer=True)
-        _check_optional("height", self.height, IMAGE_SIDE, integer=True)
-        _check_optional("width", self.width, IMAGE_SIDE, integer=True)
+        _check_rules(self, IMAGE2VIDEO_RULES)

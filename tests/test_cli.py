@@ -218,7 +218,7 @@ def test_animate_reads_an_image_from_a_url(tmp_path: Path, still: Path) -> None:
         (lambda d, s: [str(d / "missing.png")], 2, "missing.png: no such file"),
         (lambda d, s: [str(s), "-o", str(d / "clip.avi")], 2, ".avi"),
         (lambda d, s: [str(d / "corrupt.png")], 2, "corrupt.png"),
-        (lambda d, s: [str(s), "--frames", "0"], 2, "must be between 1 and 128, got 0"),
+        (lambda d, s: [str(s), "--frames", "0"], 2, "must be between 2 and 128, got 0"),
         (lambda d, s: [str(s), "--height", "570"], 2, "multiple of 8"),
         (lambda d, s: [str(s), "--model", "no-such-dir/"], 3, "neither a built-in"),
     ],

@@ -37,7 +37,7 @@ def test_text2image_params_name_the_bad_field(fields: dict, message: str) -> Non
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"num_frames": 0}, "num_frames: must be between 1 and 128"),
+        ({"num_frames": 1}, "num_frames: must be between 2 and 128"),
         ({"fps": 0}, "fps: must be between 1 and 60"),
         ({"motion_bucket_id": 5000}, "motion_bucket_id: must be between 0 and 1023"),
         ({"noise_aug_strength": 2.0}, "noise_aug_strength: must be between 0 and 1"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,7 +24,7 @@ from ..params import (
     image_seed,
     resolve_seed,
 )
-from .options import LimitType, ModelChoice, generation_options, model_options
+from .options import LimitType, ModelChoice, env, generation_options, model_choice, model_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
@@ -74,7 +75,10 @@ TASK: Task = "image2video"
     "--decode-chunk-size",
     type=LimitType(DECODE_CHUNK_SIZE),
     default=None,
-    help="Frames the VAE decodes at once; lower uses less memory. Default: all frames.",
+    envvar=env("DECODE_CHUNK_SIZE"),
+    show_envvar=True,
+    help="Frames the VAE decodes at once; lower uses less memory, the same time on a CPU. "
+    "Default: 2 on a CPU, 8 with CUDA.",
 )
 @generation_options(IMAGE2VIDEO_DEFAULT_STEPS)
 @model_options(TASK)
@@ -95,6 +99,7 @@ def animate(
     model: str,
     device: str,
     dtype: str,
+    **tuning: Any,
 ) -> None:
     """Turn each IMAGE (a file path or an http(s) URL) into a short video clip.
 
@@ -116,7 +121,7 @@ def animate(
         output=output,
         frames_dir=frames_dir,
         params=params,
-        model=ModelChoice(model, device, dtype),
+        model=model_choice(model, device, dtype, **tuning),
         quiet=quiet,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import click
 
@@ -22,7 +22,7 @@ from ..params import (
     image_seed,
     resolve_seed,
 )
-from .options import LimitType, ModelChoice, generation_options, model_options
+from .options import LimitType, ModelChoice, generation_options, model_choice, model_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
@@ -75,6 +75,7 @@ def generate_image(
     model: str,
     device: str,
     dtype: str,
+    **tuning: Any,
 ) -> None:
     """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
@@ -91,7 +92,8 @@ def generate_image(
         seed=seed,
         scheduler=scheduler,
     )
-    run(prompts=prompts, output=output, params=params, model=ModelChoice(model, device, dtype), quiet=quiet)
+    choice = model_choice(model, device, dtype, **tuning)
+    run(prompts=prompts, output=output, params=params, model=choice, quiet=quiet)
 
 
 def read_prompts(lines: Iterable[str]) -> list[str]:

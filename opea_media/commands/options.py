@@ -14,6 +14,11 @@ from ..params import IMAGE_SIDE, SEED, STEPS, Limit
 
 if TYPE_CHECKING:
     from ..models import ModelRegistry
+    from ..models.tuning import Tuning
+
+# The choices of models/tuning.py, repeated here so that --help does not import torch.
+SWITCH = ("auto", "on", "off")
+ATTENTION_SLICING = ("auto", "off", "on", "max")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,17 +52,36 @@ class LimitType(click.ParamType):
 
 
 @dataclass(frozen=True)
+class TuningChoice:
+    """The memory/speed flags as given ("auto": the device's default, see models/tuning.py)."""
+
+    guidance_split: str = "auto"
+    attention_slicing: str = "auto"
+    vae_slicing: str = "auto"
+    vae_tiling: str = "auto"
+    forward_chunking: str = "auto"
+    channels_last: str = "auto"
+    threads: int | None = None
+
+    def tuning(self) -> Tuning:
+        from ..models.tuning import Tuning
+
+        return Tuning(**vars(self))
+
+
+@dataclass(frozen=True)
 class ModelChoice:
-    """--model / --device / --dtype as given; nothing heavy is imported until registry()."""
+    """--model / --device / --dtype and the tuning flags; nothing heavy is imported until registry()."""
 
     ref: str
     device: str = "auto"
     dtype: str = "auto"
+    tuning: TuningChoice = TuningChoice()
 
     def registry(self) -> ModelRegistry:
         from ..models import ModelRegistry
 
-        return ModelRegistry(device=self.device, dtype=self.dtype)
+        return ModelRegistry(device=self.device, dtype=self.dtype, tuning=self.tuning.tuning())
 
 
 def env(name: str) -> str:
@@ -74,7 +98,11 @@ def apply(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 
 def model_options(task: Task) -> Callable[[F], F]:
-    """--model / --device / --dtype, as every command that loads a model takes them."""
+    """--model / --device / --dtype and the memory/speed flags of `task`.
+
+    The command receives them as `model`, `device`, `dtype` and one keyword per tuning flag;
+    `model_choice(**those)` gathers them.
+    """
     return apply(
         click.option(
             "--model",
@@ -98,7 +126,104 @@ def model_options(task: Task) -> Callable[[F], F]:
             default="auto",
             envvar=env("DTYPE"),
             show_envvar=True,
-            help="Weights precision: auto is float16 on CUDA, float32 on the CPU.",
+            help="Weights precision. auto: float16 on CUDA; on a CPU bfloat16 where it has native bf16 "
+            "(AVX512-BF16/AMX: half the memory, several times faster), else float32 (image2video: bfloat16, "
+            "which alone fits in 8 GB).",
+        ),
+        *tuning_options(task),
+    )
+
+
+def _switch(name: str, variable: str, help: str) -> Callable[[F], F]:
+    return click.option(
+        name, type=click.Choice(SWITCH), default="auto", envvar=env(variable), show_envvar=True, help=help
+    )
+
+
+def tuning_options(task: Task) -> list[Callable[[F], F]]:
+    """The memory/speed levers that matter for `task`; defaults in docs/performance.md."""
+    common = [
+        _switch(
+            "--guidance-split",
+            "GUIDANCE_SPLIT",
+            "Run the UNet on the unconditional and conditional halves of classifier-free guidance one "
+            "after the other: half the activation memory, the same arithmetic. auto: on on the CPU, off "
+            "with CUDA (where the doubled batch runs faster).",
+        ),
+        _switch(
+            "--channels-last",
+            "CHANNELS_LAST",
+            "Convolution memory layout NHWC. auto: on with CUDA, off on the CPU.",
+        ),
+        click.option(
+            "--threads",
+            type=click.IntRange(1, 1024),
+            default=None,
+            envvar=env("THREADS"),
+            show_envvar=True,
+            help="CPU threads for inference. Default: PyTorch's choice, capped at the container's CPU quota.",
+        ),
+    ]
+    if task == "image2video":
+        return [
+            _switch(
+                "--forward-chunking",
+                "FORWARD_CHUNKING",
+                "Run the UNet's feed-forward layers one frame at a time: a lower peak, the same speed. "
+                "auto: on.",
+            ),
+            *common,
+        ]
+    return [
+        click.option(
+            "--attention-slicing",
+            type=click.Choice(ATTENTION_SLICING),
+            default="auto",
+            envvar=env("ATTENTION_SLICING"),
+            show_envvar=True,
+            help="Compute attention a few heads at a time (max: one). auto: off, PyTorch's SDPA is "
+            "already memory-efficient.",
+        ),
+        _switch(
+            "--vae-slicing",
+            "VAE_SLICING",
+            "Decode several images one at a time: the same pixels, a lower peak. auto: on.",
+        ),
+        _switch(
+            "--vae-tiling",
+            "VAE_TILING",
+            "Decode images larger than the model's native size in tiles: bounded memory, faint seams "
+            "possible. auto: on.",
+        ),
+        *common,
+    ]
+
+
+def model_choice(
+    model: str,
+    device: str,
+    dtype: str,
+    *,
+    guidance_split: str = "auto",
+    attention_slicing: str = "auto",
+    vae_slicing: str = "auto",
+    vae_tiling: str = "auto",
+    forward_chunking: str = "auto",
+    channels_last: str = "auto",
+    threads: int | None = None,
+) -> ModelChoice:
+    return ModelChoice(
+        model,
+        device,
+        dtype,
+        TuningChoice(
+            guidance_split=guidance_split,
+            attention_slicing=attention_slicing,
+            vae_slicing=vae_slicing,
+            vae_tiling=vae_tiling,
+            forward_chunking=forward_chunking,
+            channels_last=channels_last,
+            threads=threads,
         ),
     )
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 from .sources import disable_telemetry
+from .tuning import prepare_threading
 
-# Before diffusers / huggingface_hub read them at import time.
+# Before diffusers / huggingface_hub / torch's OpenMP read them at import time.
 disable_telemetry()
+prepare_threading()
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from .device import Placement, choose_placement  # noqa: E402

@@ -21,9 +21,11 @@ def _round64(x: float) -> int:
 class Image2VideoModel:
     task = "image2video"
 
-    def __init__(self, pipe: Any, *, ref: str) -> None:
+    def __init__(self, pipe: Any, *, ref: str, decode_chunk_size: int | None = None) -> None:
         self.pipe = pipe
         self.ref = ref
+        # Frames the VAE decodes at once when a request does not say; None: all at once.
+        self.decode_chunk_size = decode_chunk_size
 
     @property
     def native_size(self) -> tuple[int, int]:
@@ -43,6 +45,7 @@ class Image2VideoModel:
             height=params.height or height,
             width=params.width or width,
             num_frames=params.num_frames or self.native_frames,
+            decode_chunk_size=params.decode_chunk_size or self.decode_chunk_size,
         )
 
     def generate(

@@ -14,6 +14,7 @@ from . import sources
 from .device import Placement, choose_placement
 from .image2video import Image2VideoModel
 from .text2image import Text2ImageModel
+from .tuning import AppliedTuning, Tuning, apply_tuning, auto_dtype
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,13 @@ class ModelState(enum.StrEnum):
 class ModelHandle:
     """A model that may not be loaded yet; `load()` loads it exactly once."""
 
-    def __init__(self, task: Task, ref: str, placement: Placement, cache_dir: Path) -> None:
+    def __init__(
+        self, task: Task, ref: str, placement: Placement, cache_dir: Path, tuning: AppliedTuning | None = None
+    ) -> None:
         self.task = task
         self.ref = ref
         self.placement = placement
+        self.tuning = tuning or Tuning().resolve(task, placement.device)
         self._cache_dir = cache_dir
         self._lock = threading.Lock()
         self.state = ModelState.NOT_LOADED
@@ -88,18 +92,39 @@ class ModelHandle:
         from diffusers import DiffusionPipeline
 
         source = sources.resolve(self.task, self.ref, cache_root=self._cache_dir)
-        pipe = DiffusionPipeline.from_pretrained(source.location, dtype=self.placement.dtype)
-        pipe = pipe.to(self.placement.device)
+        if source.kind == "preset":
+            from .presets import build_preset
+
+            # Random weights are made faster than a checkpoint of the same size is read from disk.
+            pipe = build_preset(source.location, dtype=self.placement.dtype, device=self.placement.device)
+        else:
+            pipe = DiffusionPipeline.from_pretrained(source.location, dtype=self.placement.dtype)
+            pipe = pipe.to(self.placement.device)
         pipe.set_progress_bar_config(disable=True)
-        wrapper = Text2ImageModel if self.task == "text2image" else Image2VideoModel
-        return wrapper(pipe, ref=self.ref)
+        apply_tuning(pipe, self.tuning)
+        if self.task == "text2image":
+            return Text2ImageModel(pipe, ref=self.ref)
+        return Image2VideoModel(pipe, ref=self.ref, decode_chunk_size=self.tuning.decode_chunk_size)
 
 
 class ModelRegistry:
-    """Hands out one ModelHandle per (task, reference); nothing loads until asked."""
+    """Hands out one ModelHandle per (task, reference); nothing loads until asked.
 
-    def __init__(self, *, device: str = "auto", dtype: str = "auto", cache_dir: Path | None = None) -> None:
+    `dtype="auto"` is chosen per task (tuning.auto_dtype); `tuning=None` reads the levers from
+    OPEA_MEDIA_* variables, so a caller without flags for them still honours the environment.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_dir: Path | None = None,
+        tuning: Tuning | None = None,
+    ) -> None:
         self.placement = choose_placement(device, dtype)
+        self._dtype = dtype
+        self.tuning = tuning if tuning is not None else Tuning.from_env()
         self._cache_dir = cache_dir or cache_root()
         self._handles: dict[tuple[Task, str], ModelHandle] = {}
         self._lock = threading.Lock()
@@ -109,8 +134,20 @@ class ModelRegistry:
         with self._lock:
             key = (task, ref)
             if key not in self._handles:
-                self._handles[key] = ModelHandle(task, ref, self.placement, self._cache_dir)
+                self._handles[key] = ModelHandle(
+                    task,
+                    ref,
+                    self.placement_for(task),
+                    self._cache_dir,
+                    self.tuning.resolve(task, self.placement.device),
+                )
             return self._handles[key]
+
+    def placement_for(self, task: Task) -> Placement:
+        """Where and in which precision `task` runs: an explicit dtype wins over the task's auto."""
+        if self._dtype != "auto":
+            return self.placement
+        return choose_placement(self.placement.device, auto_dtype(task, self.placement.device))
 
     def text2image(self, ref: str | None = None) -> Text2ImageModel:
         model = self.handle("text2image", ref).load()

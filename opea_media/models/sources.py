@@ -16,6 +16,10 @@ from ..errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 BUILTIN_MODELS = ("tiny",)
+# Full-size random-weight pipelines for benchmarks (presets.py); named here so that resolving any
+# other reference does not import them.
+PRESET_MODELS: dict[str, Task] = {"random:sd21": "text2image", "random:svd-xt": "image2video"}
+PRESET_PREFIX = "random:"
 
 # Pipelines whose call signature the text2image wrapper speaks (prompt, negative_prompt, ...).
 TEXT2IMAGE_PIPELINES = frozenset(
@@ -39,8 +43,8 @@ WAYS_OUT = (
 @dataclass(frozen=True)
 class ModelSource:
     ref: str
-    kind: Literal["builtin", "local", "hub"]
-    location: str  # a folder for builtin/local, the repo id for hub
+    kind: Literal["builtin", "local", "hub", "preset"]
+    location: str  # a folder for builtin/local, the repo id for hub, the name for preset
 
 
 def task_of_pipeline(class_name: str) -> Task | None:
@@ -58,6 +62,13 @@ def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
 
         folder = ensure_tiny(task, cache_root)
         return ModelSource(ref, "builtin", str(folder))
+    if ref.startswith(PRESET_PREFIX):
+        holds = PRESET_MODELS.get(ref)
+        if holds is None:
+            raise ModelUnavailable(f"unknown preset {ref!r}; the presets are {', '.join(PRESET_MODELS)}")
+        if holds != task:
+            raise ModelUnavailable(f"{ref} is a preset for {holds}, not for {task}")
+        return ModelSource(ref, "preset", ref)
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "model_index.json").is_file():
@@ -66,7 +77,7 @@ def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
         return ModelSource(ref, "local", str(path))
     if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
         raise ModelUnavailable(
-            f"model {ref!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}), "
+            f"model {ref!r} is neither a built-in ({', '.join((*BUILTIN_MODELS, *PRESET_MODELS))}), "
             "an existing folder, nor a Hugging Face Hub id like org/name"
         )
     _check_task(task, ref, _fetch_model_index(ref))

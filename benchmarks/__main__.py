@@ -1,0 +1,226 @@
+"""The benchmark suite: `python -m benchmarks [--quick] [--device cuda] [--only SECTION ...] [--out FOLDER]`.
+
+Prints one table per section and writes results.json and results.md into the output folder.
+Sections: startup, overhead, concurrency, encoding, levers, memory (in this order; memory last
+because its SVD-XT-size runs take longest). `--device cuda` runs the GPU variant (float16, full
+sizes and step counts, about 8 minutes on an H100-class GPU; also `python -m benchmarks.gpu`).
+docs/performance.md explains every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SECTIONS = ("startup", "overhead", "concurrency", "encoding", "levers", "memory")
+
+
+def machine() -> dict[str, Any]:
+    import diffusers
+    import torch
+    import transformers
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer rounds and smaller memory runs (about 15 min)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<date>-cpu[-quick]")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "opea-media-bench")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import report
+
+    args = parse(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M")
+    out = (
+        args.out
+        or Path(__file__).parent / "results" / f"{stamp}-{args.device}{'-quick' if args.quick else ''}"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "started": stamp,
+        "quick": args.quick,
+        "device": args.device,
+        "command": " ".join(["python -m benchmarks", *sys.argv[1:]]),
+        "sections": {},
+    }
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        (out / "results.md").write_text(report.markdown(results))
+
+    for section in SECTIONS:
+        if section not in args.only:
+            continue
+        report.console.rule(f"{section} (load average {load()[0]})")
+        begin, load_before = time.perf_counter(), load()
+        figures = run_section(section, args)
+        results["sections"][section] = {
+            "figures": figures,
+            "seconds": time.perf_counter() - begin,
+            "load_before": load_before,
+            "load_after": load(),
+        }
+        report.print_section(section, results["sections"][section])
+        save()
+    report.console.print(f"written: {out / 'results.json'}, {out / 'results.md'}")
+    return 0
+
+
+def run_section(section: str, args: argparse.Namespace) -> Any:
+    from . import concurrency, encoding, levers, memory, overhead, startup
+
+    quick = args.quick
+    log = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    if args.device == "cuda":
+        return run_cuda_section(section, args, log)
+    if section == "startup":
+        configs = [
+            ("tiny text2image", "text2image", "tiny"),
+            ("tiny image2video", "image2video", "tiny"),
+            ("random:sd21", "text2image", "random:sd21"),
+        ]
+        if not quick:
+            configs.append(("random:svd-xt", "image2video", "random:svd-xt"))
+        return {
+            "cli_help": startup.cli_help(5 if quick else 15),
+            "serve": startup.serve_to_ready(
+                configs, rounds=1 if quick else 3, cache=args.cache, save_presets=True
+            ),
+        }
+    if section == "overhead":
+        rows = [overhead.run("tiny", height=64, width=64, steps=20, rounds=10 if quick else 30)]
+        log(f"tiny: ratio {rows[0]['ratio']['median']:.3f}")
+        rows.append(overhead.run("random:sd21", height=256, width=256, steps=4, rounds=3 if quick else 8))
+        return rows
+    if section == "concurrency":
+        levels = (1, 4, 16)
+        t2i = concurrency.run(
+            service="text2image",
+            model="tiny",
+            body={"prompt": "a red fox", "num_inference_steps": 20, "height": 64, "width": 64},
+            batch_sizes=(1, 4, 16),
+            concurrency=levels,
+            requests_per_level={1: 16 if quick else 32, 4: 32 if quick else 64, 16: 64 if quick else 128},
+            rounds=1 if quick else 2,
+        )
+        i2v = concurrency.run(
+            service="image2video",
+            model="tiny",
+            body={"num_frames": 4, "num_inference_steps": 2, "height": 64, "width": 64},
+            batch_sizes=(1,),
+            concurrency=levels,
+            requests_per_level={1: 8 if quick else 16, 4: 16 if quick else 32, 16: 32 if quick else 64},
+        )
+        runs = [t2i, i2v]
+        if not quick:
+            runs.append(
+                concurrency.run(
+                    service="text2image",
+                    model="random:sd21",
+                    body={"prompt": "a red fox", "num_inference_steps": 4, "height": 256, "width": 256},
+                    batch_sizes=(1, 4),
+                    concurrency=(1, 4),
+                    requests_per_level={1: 4, 4: 8},
+                )
+            )
+        return runs
+    if section == "encoding":
+        return encoding.run(rounds=3 if quick else 7, threads=min(4, os.cpu_count() or 1))
+    if section == "levers":
+        rounds = 2 if quick else 4
+        return levers.openmp_wait_policy(rounds=rounds, log=log) + levers.run(
+            rounds=rounds, quick=quick, log=log
+        )
+    if section == "memory":
+        return memory.run(quick=quick, log=log)
+    raise ValueError(section)
+
+
+def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
+    """The figures on CUDA in float16: SD 2.1 at 768 px / 25 steps, SVD-XT at 25 frames / 25 steps."""
+    from . import concurrency, encoding, levers, memory, overhead, startup
+
+    sd21_768 = {"prompt": "a red fox", "num_inference_steps": 25, "height": 768, "width": 768}
+    if section == "startup":
+        return {
+            "cli_help": startup.cli_help(5),
+            "serve": startup.serve_to_ready(
+                [
+                    ("tiny text2image", "text2image", "tiny"),
+                    ("random:sd21", "text2image", "random:sd21"),
+                    ("random:svd-xt", "image2video", "random:svd-xt"),
+                ],
+                rounds=1,
+                cache=args.cache,
+                save_presets=False,
+                dtype="float16",
+            ),
+        }
+    if section == "overhead":
+        return [
+            overhead.run("tiny", height=64, width=64, steps=20, rounds=10, device="cuda"),
+            overhead.run("random:sd21", height=768, width=768, steps=25, rounds=4, device="cuda"),
+        ]
+    if section == "concurrency":
+        return [
+            concurrency.run(
+                service="text2image",
+                model="random:sd21",
+                body=sd21_768,
+                batch_sizes=(1, 4),
+                concurrency=(1, 4, 16),
+                requests_per_level={1: 2, 4: 8, 16: 16},
+            )
+        ]
+    if section == "encoding":
+        return encoding.run(rounds=3, threads=4)
+    if section == "levers":
+        return levers.run_cuda(rounds=2, log=log)
+    if section == "memory":
+        return memory.run(quick=False, device="cuda", log=log)
+    raise ValueError(section)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""Speed of each lever, switched on and off on one loaded model and timed interleaved.
+
+Memory effects are measured in fresh processes (memory.py); here only the time per generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .stats import interleave, ratio
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def _params(**kwargs: Any) -> Any:
+    from opea_media.params import Text2ImageParams
+
+    return Text2ImageParams(prompt=PROMPT, seed=0, **kwargs)
+
+
+def _toggle(
+    model: Any, params: Any, on: Callable[[], None], off: Callable[[], None]
+) -> dict[str, Callable[[], None]]:
+    def run(switch: Callable[[], Any]) -> Callable[[], None]:
+        def go() -> None:
+            switch()
+            model.generate([params])
+
+        return go
+
+    return {"off": run(off), "on": run(on)}
+
+
+def _compare(
+    name: str, candidates: Mapping[str, Callable[[], Any]], rounds: int, **info: Any
+) -> dict[str, Any]:
+    samples = interleave(dict(candidates), rounds=rounds)
+    a, b = list(samples.values())
+    return {
+        "lever": name,
+        **info,
+        "samples": {k: s.summary() for k, s in samples.items()},
+        "ratio": ratio(b, a).summary(),
+    }
+
+
+def _generate(model: Any, params: Any) -> Callable[[], Any]:
+    return lambda: model.generate([params])
+
+
+def _batching(model: Any, batch: list[Any]) -> dict[str, Callable[[], Any]]:
+    def one_by_one() -> None:
+        for params in batch:
+            model.generate([params])
+
+    return {"one by one": one_by_one, "one call": lambda: model.generate(batch)}
+
+
+def _with_threads(n: int, model: Any, params: Any) -> Callable[[], Any]:
+    import torch
+
+    def go() -> None:
+        torch.set_num_threads(n)
+        model.generate([params])
+
+    return go
+
+
+def _dtype(bf16: Any, p: Any, rounds: int) -> dict[str, Any]:
+    """float32 beside bfloat16; the float32 copy (5 GB) is gone when this returns."""
+    from opea_media.models import ModelRegistry
+
+    fp32 = ModelRegistry(device="cpu", dtype="float32").text2image("random:sd21")
+    return _compare(
+        "dtype float32 -> bfloat16",
+        {"float32": _generate(fp32, p), "bfloat16": _generate(bf16, p)},
+        rounds,
+        model="random:sd21",
+        size=p.height,
+        steps=p.num_inference_steps,
+    )
+
+
+def run(*, rounds: int, quick: bool, log: Any = print) -> list[dict[str, Any]]:
+    import torch
+
+    from opea_media.models import ModelRegistry
+
+    results: list[dict[str, Any]] = []
+    size = 256
+    steps = 2
+    bf16 = ModelRegistry(device="cpu", dtype="bfloat16").text2image("random:sd21")
+    p = bf16.complete(_params(num_inference_steps=steps, height=size, width=size))
+
+    log("levers: dtype")
+    results.append(_dtype(bf16, p, rounds))
+
+    pipe = bf16.pipe
+    log("levers: channels_last (CPU)")
+
+    def layout(fmt: torch.memory_format) -> Callable[[], None]:
+        return lambda: (pipe.unet.to(memory_format=fmt), pipe.vae.to(memory_format=fmt), None)[-1]
+
+    results.append(
+        _compare(
+            "channels_last",
+            _toggle(bf16, p, layout(torch.channels_last), layout(torch.contiguous_format)),
+            rounds,
+            model="random:sd21",
+            dtype="bfloat16",
+            size=size,
+            steps=steps,
+        )
+    )
+    pipe.unet.to(memory_format=torch.contiguous_format)
+    pipe.vae.to(memory_format=torch.contiguous_format)
+
+    log("levers: attention slicing")
+    results.append(
+        _compare(
+            "attention slicing",
+            _toggle(bf16, p, lambda: pipe.enable_attention_slicing("auto"), pipe.disable_attention_slicing),
+            rounds,
+            model="random:sd21",
+            dtype="bfloat16",
+            size=size,
+            steps=steps,
+        )
+    )
+    pipe.disable_attention_slicing()
+
+    log("levers: VAE slicing, 4 images")
+    p4 = dataclasses.replace(p, num_images_per_prompt=4)
+    results.append(
+        _compare(
+            "VAE slicing (4 images per call)",
+            _toggle(bf16, p4, pipe.vae.enable_slicing, pipe.vae.disable_slicing),
+            rounds,
+            model="random:sd21",
+            dtype="bfloat16",
+            size=size,
+            steps=steps,
+        )
+    )
+    pipe.vae.enable_slicing()
+
+    log("levers: micro-batching in the pipeline")
+    tiny = ModelRegistry(device="cpu").text2image("tiny")
+    for label, model, q in (
+        ("tiny", tiny, tiny.complete(_params(num_inference_steps=20, height=64, width=64))),
+        ("random:sd21", bf16, p),
+    ):
+        results.append(
+            _compare(
+                "micro-batching: 4 requests in one call vs one by one",
+                _batching(model, [dataclasses.replace(q, seed=k) for k in range(4)]),
+                rounds,
+                model=label,
+                size=q.height,
+                steps=q.num_inference_steps,
+            )
+        )
+
+    log("levers: threads")
+    available = torch.get_num_threads()
+    for label, model, q in (
+        ("tiny", tiny, tiny.complete(_params(num_inference_steps=20, height=64, width=64))),
+        ("random:sd21", bf16, p),
+    ):
+        results.append(
+            _compare(
+                f"threads: {available} -> 1",
+                {
+                    f"{available} threads": _with_threads(available, model, q),
+                    "1 thread": _with_threads(1, model, q),
+                },
+                rounds,
+                model=label,
+                size=q.height,
+                steps=q.num_inference_steps,
+            )
+        )
+        torch.set_num_threads(available)
+
+    if not quick:
+        log("levers: samplers at equal steps")
+        samplers: dict[str, Callable[[], Any]] = {
+            name: _generate(bf16, dataclasses.replace(p, scheduler=name))
+            for name in ("ddim", "dpm++", "euler")
+        }
+        samples = interleave(samplers, rounds=rounds)
+        results.append(
+            {
+                "lever": "sampler cost per call at equal steps",
+                "model": "random:sd21",
+                "size": size,
+                "steps": steps,
+                "samples": {k: s.summary() for k, s in samples.items()},
+            }
+        )
+    return results
+
+
+def run_cuda(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
+    """The GPU levers that matter at SD 2.1's native 768 px and 25 steps, float16."""
+    import torch
+
+    from opea_media.models import ModelRegistry
+
+    model = ModelRegistry(device="cuda").text2image("random:sd21")
+    pipe = model.pipe
+    p = model.complete(_params(num_inference_steps=25, height=768, width=768))
+    results = []
+
+    def layout(fmt: torch.memory_format) -> Callable[[], None]:
+        def go() -> None:
+            pipe.unet.to(memory_format=fmt)
+            pipe.vae.to(memory_format=fmt)
+
+        return go
+
+    log("levers: channels_last (CUDA)")
+    results.append(
+        _compare(
+            "channels_last",
+            _toggle(model, p, layout(torch.channels_last), layout(torch.contiguous_format)),
+            rounds,
+            model="random:sd21",
+            dtype="float16",
+            size=768,
+            steps=25,
+        )
+    )
+    layout(torch.channels_last)()
+    log("levers: micro-batching (CUDA)")
+    results.append(
+        _compare(
+            "micro-batching: 4 requests in one call vs one by one",
+            _batching(model, [dataclasses.replace(p, seed=k) for k in range(4)]),
+            rounds,
+            model="random:sd21",
+            size=768,
+            steps=25,
+        )
+    )
+    return results
+
+
+def openmp_wait_policy(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
+    """OMP_WAIT_POLICY=ACTIVE (OpenMP's spinning default) against PASSIVE (opea-media's default).
+
+    The policy is read once when torch loads, so each side runs in processes of its own: the
+    pipeline alone (benchmarks/probe.py), and the service answering one client at a time.
+    """
+    import json
+    import urllib.request
+
+    from .memory import probe
+    from .service import ServeProcess
+    from .stats import Sample
+
+    policies = ("ACTIVE", "PASSIVE")
+    results: list[dict[str, Any]] = []
+    pipelines = (
+        ("tiny", ["--task", "text2image", "--model", "tiny", "--steps", "20", "--repeat", "6"]),
+        (
+            "random:sd21",
+            [
+                "--task",
+                "text2image",
+                "--model",
+                "random:sd21",
+                "--size",
+                "256",
+                "--steps",
+                "2",
+                "--repeat",
+                "3",
+            ],
+        ),
+    )
+    for label, args in pipelines:
+        log(f"levers: OpenMP wait policy, {label} pipeline")
+        samples = {p: Sample(p) for p in policies}
+        for r in range(rounds):
+            for policy in policies if r % 2 == 0 else policies[::-1]:
+                result = probe(*args, env={"OMP_WAIT_POLICY": policy})
+                samples[policy].values += [run["seconds"] for run in result.get("runs", [])[1:]]
+        results.append(
+            {
+                "lever": "OMP_WAIT_POLICY ACTIVE -> PASSIVE (pipeline only)",
+                "model": label,
+                "samples": {k: s.summary() for k, s in samples.items()},
+                "ratio": ratio_of_medians(samples["PASSIVE"], samples["ACTIVE"]),
+            }
+        )
+
+    log("levers: OpenMP wait policy, tiny service")
+    body = json.dumps({"prompt": "a red fox", "num_inference_steps": 20, "height": 64, "width": 64}).encode()
+    servers = {p: ServeProcess("text2image", "tiny", env={"OMP_WAIT_POLICY": p}) for p in policies}
+    samples = {p: Sample(p) for p in policies}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+        for r in range(rounds * 8 + 1):
+            for policy in policies if r % 2 == 0 else policies[::-1]:
+                request = urllib.request.Request(
+                    servers[policy].url + "/v1/text2image",
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                start = time.perf_counter()
+                urllib.request.urlopen(request, timeout=600).read()
+                if r:  # the first round warms up
+                    samples[policy].values.append(time.perf_counter() - start)
+    finally:
+        for server in servers.values():
+            server.stop()
+    results.append(
+        {
+            "lever": "OMP_WAIT_POLICY ACTIVE -> PASSIVE (service, 1 client)",
+            "model": "tiny",
+            "size": 64,
+            "steps": 20,
+            "samples": {k: s.summary() for k, s in samples.items()},
+            "ratio": ratio_of_medians(samples["PASSIVE"], samples["ACTIVE"]),
+        }
+    )
+    return results
+
+
+def ratio_of_medians(a: Any, b: Any) -> dict[str, Any]:
+    """For runs in separate processes, which cannot be paired round by round."""
+    value = a.median / b.median
+    return {"n": 1, "median": value, "p25": value, "p75": value, "min": value, "max": value, "unit": "x"}

@@ -1,0 +1,186 @@
+"""The suite's figures as tables: rich on the terminal, markdown in results.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _s(summary: dict[str, Any], scale: float = 1.0, digits: int = 3, unit: str | None = None) -> str:
+    """'median [p25-p75] unit' from a Sample.summary()."""
+    u = summary.get("unit", "") if unit is None else unit
+    return (
+        f"{summary['median'] * scale:.{digits}f} [{summary['p25'] * scale:.{digits}f}-"
+        f"{summary['p75'] * scale:.{digits}f}] {u}"
+    ).rstrip()
+
+
+def _mib(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value / 1024:.2f} GiB"
+
+
+def _sec(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.1f} s"
+
+
+def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for one section."""
+    f = data["figures"]
+    if section == "startup":
+        rows = [[name, _s(s), str(s["n"])] for name, s in f["cli_help"].items()]
+        rows += [[name, _s(s, digits=2), str(s["n"])] for name, s in f["serve"]["samples"].items()]
+        return [("Start-up (median [p25-p75])", ["what", "seconds", "n"], rows)]
+    if section == "overhead":
+        rows = [
+            [
+                r["model"],
+                f"{r['size']}, {r['steps']} steps, {r['dtype']}",
+                _s(r["service"]),
+                _s(r["direct"]),
+                _s(r["ratio"], unit="x"),
+                str(r["ratio"]["n"]),
+            ]
+            for r in f
+        ]
+        return [
+            (
+                "Service overhead: POST /v1/text2image vs a direct pipeline call",
+                ["model", "request", "service", "direct (floor)", "ratio", "rounds"],
+                rows,
+            )
+        ]
+    if section == "concurrency":
+        out = []
+        for run in f:
+            rows = [
+                [
+                    str(r["max_batch_size"]),
+                    str(r["clients"]),
+                    str(r["requests"]),
+                    f"{r['rps']:.2f}",
+                    f"{r['p50']:.2f}",
+                    f"{r['p95']:.2f}",
+                    f"{r['p99']:.2f}",
+                    f"{r['health_p99_ms']:.1f}",
+                    str(r["failures"] or "-"),
+                ]
+                for r in run["rows"]
+            ]
+            body = ", ".join(f"{k}={v}" for k, v in run["body"].items() if k != "prompt")
+            out.append(
+                (
+                    f"Concurrency: {run['service']} {run['model']} ({body})",
+                    [
+                        "max batch",
+                        "clients",
+                        "requests",
+                        "req/s",
+                        "p50 s",
+                        "p95 s",
+                        "p99 s",
+                        "/health p99 ms",
+                        "errors",
+                    ],
+                    rows,
+                )
+            )
+        return out
+    if section == "encoding":
+        rows = [[name, _s(s, digits=2)] for name, s in f["samples"].items()]
+        sizes = ", ".join(f"{k}: {v:.1f} MiB" for k, v in f["base64_mib"].items())
+        return [(f"Encoding {f['frames']} ({sizes})", ["how", "seconds"], rows)]
+    if section == "levers":
+        rows = []
+        for r in f:
+            names = list(r["samples"])
+            rows.append(
+                [
+                    r["lever"],
+                    f"{r.get('model', '')} {r.get('size', '')} px {r.get('steps', '')} steps",
+                    "; ".join(f"{n}: {_s(r['samples'][n], digits=2)}" for n in names),
+                    _s(r["ratio"], unit="x") if "ratio" in r else "-",
+                ]
+            )
+        return [
+            (
+                "Levers, speed (interleaved; ratio = second / first)",
+                ["lever", "run", "seconds", "ratio"],
+                rows,
+            )
+        ]
+    if section == "memory":
+        rows = [
+            [
+                r["label"],
+                str(r["dtype"]),
+                _mib(r["weights_mib"]),
+                _mib(r["rss_after_load_mib"]),
+                _mib(r["peak_denoise_mib"]),
+                _mib(r["peak_decode_mib"]),
+                _mib(r["peak_mib"]),
+                _sec(r["seconds"]),
+                "error" if r.get("error") else "",
+            ]
+            for r in f["rows"]
+        ]
+        return [
+            (
+                "Peak RSS (fresh process each; one denoising step)",
+                [
+                    "configuration",
+                    "dtype",
+                    "weights",
+                    "after load",
+                    "peak denoise",
+                    "peak decode",
+                    "peak",
+                    "time",
+                    "",
+                ],
+                rows,
+            )
+        ]
+    return []
+
+
+def print_section(section: str, data: dict[str, Any]) -> None:
+    for title, header, rows in tables(section, data):
+        table = Table(title=title, title_justify="left")
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    console.print(
+        f"[dim]{section}: {data['seconds']:.0f} s, "
+        f"load average {data['load_before']} -> {data['load_after']}[/dim]"
+    )
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"# Benchmark results {results['started']}{' (quick)' if results['quick'] else ''}",
+        "",
+        f"`{results['command']}`",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, native bf16: {m['cpu_bf16']}, "
+        f"CUDA: {m['cuda']}; Python {m['python']}, torch {m['torch']}, diffusers {m['diffusers']}, "
+        f"transformers {m['transformers']}.",
+        "",
+    ]
+    for section, data in results["sections"].items():
+        lines.append(
+            f"## {section} ({data['seconds']:.0f} s; "
+            f"load average {data['load_before']} -> {data['load_after']})"
+        )
+        lines.append("")
+        for title, header, rows in tables(section, data):
+            lines += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+            lines.append("")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,297 @@
+"""Memory and speed levers applied to a loaded pipeline, with defaults chosen per device.
+
+The defaults come from the figures in docs/performance.md: they keep text2image within 4-6 GB and
+image2video within 6-8 GB on a CPU (the containers' 8G limit) and cost nothing measurable in speed.
+Every lever can be set explicitly ("on"/"off") by flag or OPEA_MEDIA_* environment variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, MutableMapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ENV_PREFIX, Task
+from ..errors import InvalidInput
+from ..params import DECODE_CHUNK_SIZE
+
+log = logging.getLogger(__name__)
+
+SWITCH = ("auto", "on", "off")
+# diffusers' slice sizes: "on" halves the heads per slice, "max" runs one head at a time.
+ATTENTION_SLICING = ("auto", "off", "on", "max")
+DTYPE_POLICY = ("auto", "float32", "float16", "bfloat16")
+
+# image2video: frames the VAE decodes at once when a request does not say. Decoding all 25 frames
+# of a 576x1024 clip at once holds ~16 GB of activations in float32; 2 at a time fits in the budget.
+CPU_DECODE_CHUNK_SIZE = 2
+# SVD's own documentation uses 8 on GPUs: within 1% of decoding all at once, a fraction of the memory.
+CUDA_DECODE_CHUNK_SIZE = 8
+
+ENV_NAMES = {
+    "guidance_split": "GUIDANCE_SPLIT",
+    "attention_slicing": "ATTENTION_SLICING",
+    "vae_slicing": "VAE_SLICING",
+    "vae_tiling": "VAE_TILING",
+    "forward_chunking": "FORWARD_CHUNKING",
+    "channels_last": "CHANNELS_LAST",
+    "decode_chunk_size": "DECODE_CHUNK_SIZE",
+    "threads": "THREADS",
+}
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The levers as asked for; "auto" (or None) leaves the choice to `resolve`."""
+
+    guidance_split: str = "auto"
+    attention_slicing: str = "auto"
+    vae_slicing: str = "auto"
+    vae_tiling: str = "auto"
+    forward_chunking: str = "auto"
+    channels_last: str = "auto"
+    decode_chunk_size: int | None = None  # image2video default for requests that give none
+    threads: int | None = None  # torch intra-op threads
+
+    def __post_init__(self) -> None:
+        if self.attention_slicing not in ATTENTION_SLICING:
+            raise InvalidInput(
+                f"must be one of {', '.join(ATTENTION_SLICING)}, got {self.attention_slicing!r}",
+                field="attention_slicing",
+            )
+        for name in ("guidance_split", "vae_slicing", "vae_tiling", "forward_chunking", "channels_last"):
+            if getattr(self, name) not in SWITCH:
+                raise InvalidInput(
+                    f"must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}", field=name
+                )
+        if self.decode_chunk_size is not None:
+            DECODE_CHUNK_SIZE.check("decode_chunk_size", self.decode_chunk_size, integer=True)
+        if self.threads is not None and (isinstance(self.threads, bool) or not 1 <= self.threads <= 1024):
+            raise InvalidInput(f"must be between 1 and 1024, got {self.threads!r}", field="threads")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
+        """The levers from OPEA_MEDIA_* variables, for callers that take no flags (the service)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, suffix in ENV_NAMES.items():
+            raw = environ.get(f"{ENV_PREFIX}_{suffix}", "").strip().lower()
+            if not raw:
+                continue
+            if field in ("decode_chunk_size", "threads"):
+                if raw == "auto":
+                    continue
+                try:
+                    values[field] = int(raw)
+                except ValueError:
+                    raise InvalidInput(
+                        f"{ENV_PREFIX}_{suffix} must be an integer or 'auto', got {raw!r}"
+                    ) from None
+            else:
+                values[field] = raw
+        return cls(**values)
+
+    def resolve(self, task: Task, device: str) -> AppliedTuning:
+        """Concrete settings for `task` on `device` ("cpu" or "cuda")."""
+        cuda = device == "cuda"
+
+        def switch(value: str, default: bool) -> bool:
+            return default if value == "auto" else value == "on"
+
+        return AppliedTuning(
+            # Classifier-free guidance doubles the UNet's batch; on a CPU the halves cost the same
+            # one after the other and the activations halve. A GPU runs the doubled batch faster.
+            guidance_split=switch(self.guidance_split, not cuda),
+            # SDPA (the default attention) already runs in bounded memory on CPU and CUDA; slicing
+            # only made it slower in our figures.
+            attention_slicing="off" if self.attention_slicing == "auto" else self.attention_slicing,
+            # Decode a batch one image at a time: the same pixels, the same speed, and a batch of
+            # eight 768 px images no longer decodes at once.
+            vae_slicing=switch(self.vae_slicing, True),
+            # Tiles only above the VAE's native size (768 px for SD 2.1): a 2048 px request would
+            # otherwise need gigabytes more; at or below 768 px nothing changes.
+            vae_tiling=switch(self.vae_tiling, True),
+            # SVD's feed-forward layers one frame at a time: a smaller peak, no measurable cost.
+            forward_chunking=switch(self.forward_chunking, task == "image2video"),
+            channels_last=switch(self.channels_last, cuda),
+            decode_chunk_size=self.decode_chunk_size
+            or (CUDA_DECODE_CHUNK_SIZE if cuda else CPU_DECODE_CHUNK_SIZE),
+            threads=self.threads or (None if cuda else cpu_quota_threads()),
+        )
+
+
+@dataclass(frozen=True)
+class AppliedTuning:
+    guidance_split: bool
+    attention_slicing: str  # "off", "on" or "max"
+    vae_slicing: bool
+    vae_tiling: bool
+    forward_chunking: bool
+    channels_last: bool
+    decode_chunk_size: int
+    threads: int | None  # None: leave torch's own choice
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_tuning(pipe: Any, tuning: AppliedTuning) -> None:
+    """Set the levers on a loaded pipeline (in place)."""
+    import torch
+
+    if tuning.threads is not None and tuning.threads != torch.get_num_threads():
+        torch.set_num_threads(tuning.threads)
+    unet: Any = getattr(pipe, "unet", None)
+    if tuning.attention_slicing != "off" and hasattr(unet, "set_attention_slice"):
+        pipe.enable_attention_slicing("auto" if tuning.attention_slicing == "on" else "max")
+    vae = getattr(pipe, "vae", None)
+    # The temporal decoder of SVD decodes in decode_chunk_size chunks instead.
+    if vae is not None and hasattr(vae, "enable_slicing") and type(vae).__name__ == "AutoencoderKL":
+        vae.enable_slicing() if tuning.vae_slicing else vae.disable_slicing()
+        vae.enable_tiling() if tuning.vae_tiling else vae.disable_tiling()
+    if unet is not None:
+        split_batch(unet, 2 if tuning.guidance_split else 1)
+        materialize_broadcast_context(unet)
+    if tuning.forward_chunking and hasattr(unet, "enable_forward_chunking"):
+        unet.enable_forward_chunking(chunk_size=1, dim=0)
+    if tuning.channels_last:
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+    log.info("tuning applied", extra={"tuning": tuning.as_dict()})
+
+
+def split_batch(unet: Any, parts: int) -> None:
+    """Make `unet` run an evenly divisible batch as `parts` smaller calls (1: undo).
+
+    The pipelines stack the unconditional and conditional inputs of classifier-free guidance
+    into one batch; split in two, each call holds half the activations. Every tensor argument
+    whose first dimension is the batch is sliced the same way, and the outputs are concatenated.
+    """
+    if "forward" in vars(unet):
+        del unet.forward  # back to the class's own
+    if parts <= 1:
+        return
+    forward = unet.forward
+
+    def split_forward(sample: Any, *args: Any, **kwargs: Any) -> Any:
+        n = sample.shape[0]
+        if n < parts or n % parts:
+            return forward(sample, *args, **kwargs)
+        size = n // parts
+        outputs = []
+        for i in range(parts):
+            part = slice(i * size, (i + 1) * size)
+            outputs.append(
+                forward(
+                    sample[part],
+                    *(_batch_slice(a, part, n) for a in args),
+                    **{k: _batch_slice(v, part, n) for k, v in kwargs.items()},
+                )
+            )
+        return _concat(outputs)
+
+    unet.forward = split_forward
+
+
+def materialize_broadcast_context(unet: Any) -> None:
+    """Give SVD's temporal cross-attention a real tensor instead of a zero-stride view.
+
+    The spatio-temporal transformer broadcasts the image embedding to every latent position. For
+    a batch of one (a split guidance batch, or no guidance) that stays a view with stride 0, and
+    torch.matmul then expands the key/value weights once per position: for 576x1024 latents that
+    is 9216 copies of each weight, gigabytes and minutes per step. Copying the 1-token context to
+    those positions first costs a few megabytes.
+    """
+    for module in unet.modules():
+        if type(module).__name__ != "TemporalBasicTransformerBlock" or module.attn2 is None:
+            continue
+        if getattr(module.attn2, "_opea_media_contiguous", False):
+            continue
+        module.attn2.register_forward_pre_hook(_contiguous_context, with_kwargs=True)
+        module.attn2._opea_media_contiguous = True
+
+
+def _contiguous_context(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    context = kwargs.get("encoder_hidden_states")
+    if context is not None and 0 in context.stride():
+        kwargs = {**kwargs, "encoder_hidden_states": context.contiguous()}
+    return args, kwargs
+
+
+def _batch_slice(value: Any, part: slice, n: int) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+        return value[part]
+    if isinstance(value, dict):
+        return {k: _batch_slice(v, part, n) for k, v in value.items()}
+    return value
+
+
+def _concat(outputs: list[Any]) -> Any:
+    import torch
+
+    first = outputs[0]
+    if isinstance(first, tuple):
+        return (torch.cat([o[0] for o in outputs]), *first[1:])
+    return type(first)(sample=torch.cat([o.sample for o in outputs]))  # a diffusers UNet output
+
+
+def prepare_threading(environ: MutableMapping[str, str] | None = None) -> None:
+    """Before torch loads OpenMP: let its idle workers sleep instead of spinning.
+
+    Spinning workers hold a core while they wait for the others; when anything else wants that core
+    (the service's event loop and PNG encoders, a neighbour on a shared host) the workers they wait
+    for are descheduled instead, and a 0.4 s request took 8-20 s here. A user's own setting wins.
+    """
+    environ = os.environ if environ is None else environ
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_quota_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """The CPUs a container may really use, when fewer than torch would start threads for.
+
+    torch sizes its pool by the host's cores; under `docker run --cpus=2` on a 64-core host that is
+    64 threads fighting for 2 CPUs, several times slower than 2 threads.
+    """
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        limit = None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        limit = None
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    if limit is None or limit >= available:
+        return None
+    return max(1, limit)
+
+
+def auto_dtype(task: Task, device: str, *, cpu_has_bf16: bool | None = None) -> str:
+    """The weights precision "auto" stands for: float16 on CUDA; on a CPU see below."""
+    if device == "cuda":
+        return "float16"
+    if cpu_has_bf16 is None:
+        cpu_has_bf16 = cpu_supports_bf16()
+    # bfloat16 halves the weights (SVD-XT: 9.0 -> 4.5 GB, over and within the 8G limit) and, on
+    # CPUs with native bf16 (AVX512-BF16, AMX), runs several times faster than float32. Without
+    # native support it is slower, so only image2video, which cannot fit otherwise, still uses it.
+    if cpu_has_bf16 or task == "image2video":
+        return "bfloat16"
+    return "float32"
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

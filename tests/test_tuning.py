@@ -1,0 +1,297 @@
+"""The memory/speed levers: their defaults, their sources (flags, environment) and their effect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from opea_media.cli import cli
+from opea_media.commands import animate as animate_command
+from opea_media.commands import generate_image as generate_command
+from opea_media.errors import InvalidInput
+from opea_media.models import ModelRegistry, tuning
+from opea_media.models.tuning import AppliedTuning, Tuning, apply_tuning
+from opea_media.params import Image2VideoParams
+
+
+def test_defaults_per_device() -> None:
+    cpu = Tuning().resolve("text2image", "cpu")
+    assert (cpu.attention_slicing, cpu.vae_slicing, cpu.vae_tiling, cpu.channels_last) == (
+        "off",
+        True,
+        True,
+        False,
+    )
+    assert not cpu.forward_chunking
+    video = Tuning().resolve("image2video", "cpu")
+    assert video.forward_chunking and video.decode_chunk_size == tuning.CPU_DECODE_CHUNK_SIZE
+    gpu = Tuning().resolve("image2video", "cuda")
+    assert gpu.channels_last and gpu.decode_chunk_size == tuning.CUDA_DECODE_CHUNK_SIZE
+    assert gpu.threads is None
+
+
+def test_explicit_choices_win() -> None:
+    chosen = Tuning(
+        guidance_split="off",
+        attention_slicing="max",
+        vae_slicing="off",
+        vae_tiling="off",
+        forward_chunking="off",
+        channels_last="on",
+        decode_chunk_size=5,
+        threads=3,
+    ).resolve("image2video", "cpu")
+    assert chosen == AppliedTuning(
+        guidance_split=False,
+        attention_slicing="max",
+        vae_slicing=False,
+        vae_tiling=False,
+        forward_chunking=False,
+        channels_last=True,
+        decode_chunk_size=5,
+        threads=3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attention_slicing": "half"}, "attention_slicing: must be one of auto, off, on, max, got 'half'"),
+        ({"vae_tiling": "yes"}, "vae_tiling: must be one of auto, on, off, got 'yes'"),
+        ({"decode_chunk_size": 0}, "decode_chunk_size: must be between 1 and 128"),
+        ({"threads": 0}, "threads: must be between 1 and 1024"),
+    ],
+)
+def test_bad_values_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Tuning(**kwargs)  # type: ignore[arg-type]
+
+
+def test_environment_sets_the_levers() -> None:
+    env = {
+        "OPEA_MEDIA_ATTENTION_SLICING": "MAX",
+        "OPEA_MEDIA_VAE_TILING": "off",
+        "OPEA_MEDIA_DECODE_CHUNK_SIZE": "4",
+        "OPEA_MEDIA_THREADS": "auto",
+        "OPEA_MEDIA_FORWARD_CHUNKING": "",
+    }
+    assert Tuning.from_env(env) == Tuning(attention_slicing="max", vae_tiling="off", decode_chunk_size=4)
+    assert Tuning.from_env({}) == Tuning()
+    with pytest.raises(InvalidInput, match="OPEA_MEDIA_THREADS must be an integer or 'auto', got 'many'"):
+        Tuning.from_env({"OPEA_MEDIA_THREADS": "many"})
+
+
+def test_cpu_quota_caps_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # docker run --cpus=1.5
+    assert tuning.cpu_quota_threads(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert tuning.cpu_quota_threads(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("6400000 100000\n")  # more than the machine has
+    assert tuning.cpu_quota_threads(tmp_path) is None
+    assert tuning.cpu_quota_threads(tmp_path / "absent") is None
+
+
+def test_auto_dtype() -> None:
+    assert tuning.auto_dtype("text2image", "cuda") == "float16"
+    assert tuning.auto_dtype("text2image", "cpu", cpu_has_bf16=True) == "bfloat16"
+    assert tuning.auto_dtype("text2image", "cpu", cpu_has_bf16=False) == "float32"
+    # SVD-XT's float32 weights alone (9 GB) exceed the 8G container limit.
+    assert tuning.auto_dtype("image2video", "cpu", cpu_has_bf16=False) == "bfloat16"
+
+
+def test_registry_picks_the_dtype_per_task(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning, "cpu_supports_bf16", lambda: False)
+    registry = ModelRegistry(device="cpu", cache_dir=cache_dir)
+    assert registry.handle("text2image", "tiny").placement.dtype is torch.float32
+    assert registry.handle("image2video", "tiny").placement.dtype is torch.bfloat16
+    explicit = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir)
+    assert explicit.handle("image2video", "tiny").placement.dtype is torch.float32
+
+
+def test_levers_reach_the_text2image_pipeline(cache_dir: Path) -> None:
+    on = Tuning(attention_slicing="max", channels_last="on")
+    pipe = (
+        ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir, tuning=on).text2image("tiny").pipe
+    )
+    assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"}
+    assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+    off = Tuning(vae_slicing="off", vae_tiling="off")
+    pipe = (
+        ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir, tuning=off).text2image("tiny").pipe
+    )
+    assert not pipe.vae.use_slicing and not pipe.vae.use_tiling
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+def test_levers_reach_the_image2video_pipeline(cache_dir: Path) -> None:
+    registry = ModelRegistry(
+        device="cpu", dtype="float32", cache_dir=cache_dir, tuning=Tuning(decode_chunk_size=3)
+    )
+    model = registry.image2video("tiny")
+    blocks = [m for m in model.pipe.unet.modules() if hasattr(m, "_chunk_size")]
+    assert blocks and all(m._chunk_size == 1 for m in blocks)
+    # A request without a chunk size gets the tuned one, and reports it.
+    assert model.complete(Image2VideoParams()).decode_chunk_size == 3
+    assert model.complete(Image2VideoParams(decode_chunk_size=7)).decode_chunk_size == 7
+
+
+def test_apply_tuning_sets_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    try:
+        applied = Tuning(threads=1).resolve("text2image", "cpu")
+        apply_tuning(object(), applied)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_flags_and_environment_reach_the_commands(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(generate_command, "run", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(animate_command, "run", lambda **kwargs: seen.update(kwargs))
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        [
+            "generate-image",
+            "x",
+            "--attention-slicing",
+            "on",
+            "--vae-tiling",
+            "off",
+            "--threads",
+            "2",
+            "--guidance-split",
+            "off",
+        ],
+        env={"OPEA_MEDIA_VAE_SLICING": "off", "OPEA_MEDIA_CHANNELS_LAST": "on"},
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["model"].tuning.tuning() == Tuning(  # type: ignore[attr-defined]
+        guidance_split="off",
+        attention_slicing="on",
+        vae_slicing="off",
+        vae_tiling="off",
+        channels_last="on",
+        threads=2,
+    )
+    result = runner.invoke(
+        cli,
+        ["animate", str(tmp_path / "in.png"), "--forward-chunking", "off"],
+        env={"OPEA_MEDIA_DECODE_CHUNK_SIZE": "4"},
+    )
+    assert result.exit_code == 0, result.output
+    assert seen["params"].decode_chunk_size == 4  # type: ignore[attr-defined]
+    assert seen["model"].tuning.tuning() == Tuning(forward_chunking="off")  # type: ignore[attr-defined]
+
+
+def test_help_names_every_lever() -> None:
+    runner = CliRunner()
+    text = runner.invoke(cli, ["generate-image", "--help"]).output
+    for flag in (
+        "--guidance-split",
+        "--attention-slicing",
+        "--vae-slicing",
+        "--vae-tiling",
+        "--channels-last",
+        "--threads",
+    ):
+        assert flag in text
+    text = runner.invoke(cli, ["animate", "--help"]).output
+    for flag in ("--forward-chunking", "OPEA_MEDIA_DECODE_CHUNK_SIZE", "--channels-last"):
+        assert flag in text
+
+
+def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
+    env: dict[str, str] = {}
+    tuning.prepare_threading(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    tuning.prepare_threading(env)
+    assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    # Set on import of the models layer, before torch (and with it OpenMP) is loaded.
+    code = (
+        "import os, sys\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "import opea_media.models\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True)
+    assert out.stdout.split() == ["PASSIVE"]
+
+
+def test_guidance_split_gives_the_same_pixels(cache_dir: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from opea_media.params import Text2ImageParams
+
+    images = {}
+    for split in ("off", "on"):
+        registry = ModelRegistry(
+            device="cpu", dtype="float32", cache_dir=cache_dir, tuning=Tuning(guidance_split=split)
+        )
+        t2i = registry.text2image("tiny")
+        batch = [
+            t2i.complete(Text2ImageParams(prompt=p, num_inference_steps=3, seed=k, num_images_per_prompt=2))
+            for k, p in enumerate(("a cat", "a dog"))
+        ]
+        i2v = registry.image2video("tiny")
+        clip = i2v.generate(
+            Image.new("RGB", (64, 64), "red"),
+            Image2VideoParams(num_frames=3, num_inference_steps=2, seed=0, height=64, width=64),
+        )
+        images[split] = [np.asarray(i, dtype=np.int16) for r in t2i.generate(batch) for i in r]
+        images[split] += [np.asarray(f, dtype=np.int16) for f in clip]
+    # Each sample's arithmetic is unchanged; batched matrix kernels may round differently by a level.
+    assert all(np.abs(a - b).max() <= 2 for a, b in zip(images["off"], images["on"], strict=True))
+
+
+def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
+    from types import SimpleNamespace
+
+    calls = []
+
+    class Net(torch.nn.Module):
+        def forward(self, sample, t, encoder_hidden_states=None, added=None, return_dict=True):  # type: ignore[no-untyped-def]
+            calls.append((sample.shape[0], t.shape, encoder_hidden_states.shape[0], added["ids"].shape[0]))
+            out = sample * 2
+            return (out,) if not return_dict else SimpleNamespace(sample=out)
+
+    net = Net()
+    tuning.split_batch(net, 2)
+    x = torch.arange(8.0).reshape(4, 2)
+    out = net(
+        x,
+        torch.tensor(5),
+        encoder_hidden_states=torch.zeros(4, 3),
+        added={"ids": torch.ones(4, 1)},
+        return_dict=False,
+    )
+    assert torch.equal(out[0], x * 2) and calls == [(2, torch.Size([]), 2, 2)] * 2
+    calls.clear()
+    net(
+        torch.ones(3, 2),
+        torch.tensor(5),
+        encoder_hidden_states=torch.zeros(3, 3),
+        added={"ids": torch.ones(3, 1)},
+    )
+    assert [c[0] for c in calls] == [3]  # an odd batch runs whole
+    calls.clear()
+    tuning.split_batch(net, 1)
+    net(x, torch.tensor(5), encoder_hidden_states=torch.zeros(4, 3), added={"ids": torch.ones(4, 1)})
+    assert [c[0] for c in calls] == [4]
