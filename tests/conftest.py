@@ -58,16 +58,21 @@ def server_client(aiohttp_client):  # type: ignore[no-untyped-def]
     from aiohttp.test_utils import TestServer
 
     from opea_media.server.app import create_app
-    from opea_media.server.config import ServerConfig
+    from opea_media.server.config import KEEPALIVE_TIMEOUT, ServerConfig
 
     class ProductionTestServer(TestServer):
+        keepalive_timeout = KEEPALIVE_TIMEOUT  # what `serve` passes to web.run_app
+
         async def _make_runner(self, **kwargs):  # type: ignore[no-untyped-def]
             kwargs["handler_cancellation"] = False  # web.run_app's default
+            kwargs["keepalive_timeout"] = self.keepalive_timeout
             return web.AppRunner(self.app, **kwargs)
 
-    async def make(handle=None, *, wait_ready: bool = True, **options):  # type: ignore[no-untyped-def]
+    async def make(handle=None, *, wait_ready: bool = True, keepalive_timeout=KEEPALIVE_TIMEOUT, **options):  # type: ignore[no-untyped-def]
         app = create_app(ServerConfig(**options), model_handle=handle)
-        client = await aiohttp_client(ProductionTestServer(app))
+        server = ProductionTestServer(app)
+        server.keepalive_timeout = keepalive_timeout
+        client = await aiohttp_client(server)
         if wait_ready:
             for _ in range(600):
                 response = await client.get("/health")

@@ -111,3 +111,58 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+# --- a network guard: no test traffic leaves this machine ---------------------------------------
+
+
+@dataclasses.dataclass
+class NetworkGuard:
+    """What the guarded code looked up and connected to (every connect went to loopback)."""
+
+    lookups: list[str] = dataclasses.field(default_factory=list)
+    connects: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+
+def guard_network(monkeypatch: Any, fake_dns: dict[str, list[str]]) -> NetworkGuard:
+    """Answer name lookups from `fake_dns` only (numeric hosts as themselves) and fail any connect
+    to an address that is not loopback, as tests/test_fetch.py does: a refusal that should happen
+    before connecting is then proven to, and nothing is ever sent to another machine."""
+    import ipaddress
+    import socket
+
+    guard = NetworkGuard()
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect = socket.socket.connect
+
+    def fake_getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):  # type: ignore[no-untyped-def]
+        name = host.decode() if isinstance(host, bytes) else host
+        guard.lookups.append(name)
+        answers = fake_dns.get((name or "").rstrip(".").lower())
+        if answers is None:
+            return real_getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+        results = []
+        for answer in answers:
+            v6 = ":" in answer
+            sockaddr = (answer, port or 0, 0, 0) if v6 else (answer, port or 0)
+            results.append(
+                (
+                    socket.AF_INET6 if v6 else socket.AF_INET,
+                    socket.SOCK_STREAM,
+                    socket.IPPROTO_TCP,
+                    "",
+                    sockaddr,
+                )
+            )
+        return results
+
+    def guarded_connect(sock: socket.socket, address):  # type: ignore[no-untyped-def]
+        host = address[0] if isinstance(address, tuple) else str(address)
+        guard.connects.append((host, address[1] if isinstance(address, tuple) else 0))
+        if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            raise AssertionError(f"the test tried to connect to {address!r}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    return guard

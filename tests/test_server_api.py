@@ -16,7 +16,7 @@ from server_support import assert_error, b64, decode_png, png_bytes
 from opea_media.media.images import MAX_INPUT_PIXELS
 from opea_media.params import image_seed
 from opea_media.server.config import MIB
-from opea_media.server.schemas import TEXT2IMAGE_FIELDS
+from opea_media.server.fields import TEXT2IMAGE_FIELDS
 
 FAST = {"num_inference_steps": 2}
 

@@ -6,12 +6,8 @@ import pytest
 
 from opea_media.errors import InvalidInput
 from opea_media.params import STEPS, TEXT2IMAGE_DEFAULT_STEPS, Image2VideoParams, Text2ImageParams
-from opea_media.server.schemas import (
-    MAX_IMAGES_PER_REQUEST,
-    TEXT2IMAGE_FIELDS,
-    parse_image2video,
-    parse_text2image,
-)
+from opea_media.server.fields import MAX_IMAGES_PER_REQUEST, TEXT2IMAGE_FIELDS
+from opea_media.server.schemas import parse_image2video, parse_text2image
 
 # Every field of OPEA's text2image request type, as a client that serialises its model sends them.
 OPEA_ALL_NULL = {field: None for field in TEXT2IMAGE_FIELDS} | {"prompt": "a red fox"}
@@ -62,7 +58,8 @@ def test_unknown_fields_are_named() -> None:
             {"prompt": "x", "num_inference_steps": STEPS.max + 1},
             "num_inference_steps: must be between 1 and 150",
         ),
-        ({"prompt": "x", "num_inference_steps": 2.0}, "num_inference_steps: must be an integer"),
+        ({"prompt": "x", "num_inference_steps": 2.5}, "num_inference_steps: must be an integer"),
+        ({"prompt": "x", "num_inference_steps": float("inf")}, "num_inference_steps: must be an integer"),
         ({"prompt": "x", "num_images_per_prompt": True}, "num_images_per_prompt: must be an integer"),
         ({"prompt": "x", "height": 100}, "height: must be a multiple of 8"),
         ({"prompt": "x", "seed": -1}, "seed: must be between 0"),
@@ -72,6 +69,13 @@ def test_unknown_fields_are_named() -> None:
 def test_text2image_limits_are_those_of_params(body: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         parse_text2image(body)
+
+
+def test_an_integral_number_is_an_integer_as_json_schema_says() -> None:
+    # 2.0 is what some JSON encoders write for 2; JSON Schema's "integer" (and OPEA's pydantic) take it.
+    params = parse_text2image({"prompt": "x", "num_inference_steps": 2.0, "seed": 1e3})
+    assert (params.num_inference_steps, params.seed) == (2, 1000)
+    assert isinstance(params.num_inference_steps, int)
 
 
 def test_defaults_come_from_params() -> None:

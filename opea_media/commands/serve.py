@@ -214,7 +214,7 @@ def run(
     from aiohttp import web
 
     from ..server.app import create_app
-    from ..server.config import ServerConfig
+    from ..server.config import KEEPALIVE_TIMEOUT, ServerConfig
     from ..server.listen import listening_socket
     from ..server.logs import configure_logging
     from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
@@ -266,6 +266,7 @@ def run(
         app,
         sock=sock,
         shutdown_timeout=CLOSE_TIMEOUT,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
         access_log=None,  # the access middleware writes JSON access lines with request ids
         print=lambda _banner: log.info("listening on %s", url, extra={"url": url}),
         handle_signals=True,

@@ -60,7 +60,8 @@ _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _WHITESPACE = re.compile(r"\s+")
 
 
-def _sniff_format(data: bytes) -> str | None:
+def sniff_format(data: bytes) -> str | None:
+    """The image format named by the first bytes (magic number), or None."""
     if data[8:12] == b"WEBP" and data[:4] == b"RIFF":
         return "WEBP"
     for offset, magic, name in _SIGNATURES:
@@ -71,7 +72,7 @@ def _sniff_format(data: bytes) -> str | None:
 
 def _unidentified(data: bytes, source: str) -> InvalidInput:
     allowed = ", ".join(ALLOWED_INPUT_FORMATS)
-    found = _sniff_format(data)
+    found = sniff_format(data)
     if found in ALLOWED_INPUT_FORMATS:
         return InvalidInput(f"{source} is not a readable image: its {found} header is corrupt")
     if found:

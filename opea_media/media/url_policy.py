@@ -64,6 +64,8 @@ def forbidden_reason(address: IPAddress) -> str | None:
 
 def parse_ip_literal(host: str) -> IPAddress | None:
     """The address a numeric host means, or None for a name that needs DNS."""
+    # "127.0.0.1." is still 127.0.0.1: a trailing dot must not turn a literal into a DNS lookup.
+    host = host[:-1] if host.endswith(".") and not host.endswith("..") else host
     try:
         return ipaddress.ip_address(host)
     except ValueError:

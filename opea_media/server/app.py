@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +20,8 @@ from .logs import adopt_library_loggers
 from .metrics import Metrics
 from .middleware import access_middleware, error_middleware
 from .model_slot import ModelSlot
-from .state import ADMISSION, CONFIG, IO_POOL, METRICS, WORKER, Admission
+from .openapi import openapi_document
+from .state import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER, Admission
 from .worker import InferenceWorker
 
 # How long cleanup waits for an interrupted pipeline call to reach its next step.
@@ -59,10 +63,12 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandleLike | None = N
     app[WORKER] = worker
     app[ADMISSION] = Admission(metrics)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
+    app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app.router.add_get("/health", handlers.health)
     app.router.add_get("/health/live", handlers.live)
     app.router.add_get("/health/ready", handlers.ready)
     app.router.add_get("/metrics", handlers.metrics)
+    app.router.add_get("/openapi.json", handlers.openapi)
     path, generate = GENERATE_ROUTES[config.service]
     app.router.add_post(path, generate)
     app.cleanup_ctx.append(_model_worker)
@@ -73,7 +79,21 @@ async def _model_worker(app: web.Application) -> AsyncIterator[None]:
     """Start loading the model as the app starts; at cleanup stop the worker and the I/O threads."""
     worker = app[WORKER]
     worker.start()
+    await _start_io_threads(app[IO_POOL], app[CONFIG].io_threads)
     yield
     # stop() joins the thread: off the loop, so the last responses still get written meanwhile.
     await asyncio.get_running_loop().run_in_executor(None, worker.stop, WORKER_STOP_TIMEOUT)
     app[IO_POOL].shutdown(wait=False, cancel_futures=True)
+
+
+async def _start_io_threads(pool: ThreadPoolExecutor, count: int) -> None:
+    """Start every I/O thread now rather than on demand: the process then keeps one thread count
+    from start-up on, so a count that grows in production (or in the soak test) means a leak."""
+    barrier = threading.Barrier(count)
+
+    def wait() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(pool, wait) for _ in range(count)))

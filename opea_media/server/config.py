@@ -20,6 +20,9 @@ DEFAULT_MAX_BODY_BYTES = 32 * MIB
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_FETCH_TIMEOUT = 15.0
 DEFAULT_LOG_LEVEL = "debug"  # the spec's default for the project's own loggers
+# Seconds before aiohttp closes a connection that is idle between requests or has not finished
+# sending its request headers (a slow-headers client). A slow body is bounded by request_timeout.
+KEEPALIVE_TIMEOUT = 75.0
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from .schemas import (
     read_json_object,
     text2image_response,
 )
-from .state import ADMISSION, CONFIG, IO_POOL, METRICS, WORKER
+from .state import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .worker import LOADING_RETRY_AFTER, InferenceWorker
 
 # How often a waiting handler looks whether its client is still connected.
@@ -49,7 +49,7 @@ def _health(app: web.Application) -> web.Response:
     if app[ADMISSION].draining:
         body = {"status": "draining", "detail": "the service is shutting down", "status_code": 503, **base}
         return web.json_response(body, status=503)
-    status = worker.slot.status
+    status = worker.status
     if status.state == "ready":
         return web.json_response(
             {"status": "healthy", **base, "queue_depth": worker.queue_depth, "running": worker.running}
@@ -69,13 +69,25 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.Response:
-    """200 while the process runs: a failed model load is for readiness, not a reason to restart."""
+    """200 while the process can serve; a failed model load is for readiness, not a reason to restart.
+
+    A dead worker thread is: nothing in this process will run a model again, a new process will.
+    """
+    worker = request.app[WORKER]
+    if not worker.alive:
+        body = {"status": "failed", "detail": worker.status.detail, "status_code": 503}
+        return web.json_response(body, status=503)
     return web.json_response({"status": "alive"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     body, content_type = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The service's OpenAPI document (openapi.py), generated from the same fields the parser reads."""
+    return web.Response(body=request.app[OPENAPI], content_type="application/json", charset="utf-8")
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -141,7 +153,7 @@ async def text2image(request: web.Request) -> web.Response:
         deadline = time.monotonic() + config.request_timeout
         worker.check_admission()  # before reading a byte of the body
         async with _before_deadline(deadline, config.request_timeout):
-            data = await read_json_object(request, app[IO_POOL])
+            data = await read_json_object(request, app[IO_POOL], max_bytes=config.max_body_bytes)
         parsed = parse_text2image(data)
         params = worker.slot.model.complete(dataclasses.replace(parsed, seed=resolve_seed(parsed.seed)))
         job = Job(
@@ -173,7 +185,7 @@ async def image2video(request: web.Request) -> web.Response:
         worker.check_admission()
         policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with _before_deadline(deadline, config.request_timeout):
-            data = await read_json_object(request, app[IO_POOL])
+            data = await read_json_object(request, app[IO_POOL], max_bytes=config.max_body_bytes)
             sources, parsed = parse_image2video(data)
             images = await load_images(
                 sources, policy=policy, fetch_timeout=config.fetch_timeout, pool=app[IO_POOL]

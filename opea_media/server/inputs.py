@@ -11,7 +11,14 @@ from PIL import Image
 
 from ..errors import InvalidInput
 from ..media.fetch import UrlPolicy, fetch_url
-from ..media.images import MAX_INPUT_BYTES, decode_base64_image, decode_image, is_data_uri, looks_like_url
+from ..media.images import (
+    MAX_INPUT_BYTES,
+    decode_base64_image,
+    decode_image,
+    is_data_uri,
+    looks_like_url,
+    sniff_format,
+)
 
 _WINDOWS_PATH = re.compile(r"^[A-Za-z]:[\\/]")
 _IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|gif|bmp|tiff?)$", re.IGNORECASE)
@@ -58,8 +65,10 @@ async def load_image(
     try:
         return await loop.run_in_executor(pool, functools.partial(decode_image, data, source=field))
     except InvalidInput:
-        # Some paths ("/etc/passwd") are also valid base64; what they decode to is no image.
-        if not looks_like_url(source) and not is_data_uri(source) and _looks_like_path(source):
+        # Some paths ("/etc/passwd") are also valid base64; what they decode to is no image. But
+        # base64 JPEGs start with "/9j/" too: bytes with an image's magic number are a broken image.
+        is_plain = not looks_like_url(source) and not is_data_uri(source)
+        if is_plain and _looks_like_path(source) and sniff_format(data) is None:
             raise InvalidInput(_NOT_A_FILE, field=field) from None
         raise
 

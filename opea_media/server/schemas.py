@@ -1,12 +1,13 @@
 """Request bodies in (JSON -> the params types, 400 naming the field), response bodies out.
 
-Limits live in params.py; this module only knows which fields each endpoint accepts.
+Limits and defaults live in params.py, the fields of each endpoint in fields.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -14,37 +15,17 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidInput
-from ..params import Image2VideoParams, Text2ImageParams, image_seed
+from ..params import Image2VideoParams, Number, Text2ImageParams, image_seed
+from .fields import (
+    IMAGE2VIDEO_REQUEST,
+    TEXT2IMAGE_REQUEST,
+    ImageList,
+    NullOnly,
+    RequestField,
+    json_type,
+    refuse_unknown,
+)
 from .jobs import Job, VideoRequest
-
-LORA_FIELD = "lora_weight_name_or_path"
-# OPEA's text2image request type (SDInputs); every optional field may be null, meaning its default.
-TEXT2IMAGE_FIELDS = (
-    "prompt",
-    "num_images_per_prompt",
-    "seed",
-    "num_inference_steps",
-    "guidance_scale",
-    "negative_prompt",
-    "height",
-    "width",
-    LORA_FIELD,
-)
-IMAGE2VIDEO_FIELDS = (
-    "images_path",
-    "num_frames",
-    "fps",
-    "motion_bucket_id",
-    "noise_aug_strength",
-    "decode_chunk_size",
-    "num_inference_steps",
-    "seed",
-    "height",
-    "width",
-)
-IMAGE_ENTRY_FIELDS = ("image_path",)
-# Each image becomes one clip, run one after the other: a request must stay a bounded amount of work.
-MAX_IMAGES_PER_REQUEST = 4
 
 JSON_CONTENT_TYPES = ("application/json",)
 INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies parse faster than a hop to the thread pool
@@ -54,15 +35,18 @@ def _refuse_constant(name: str) -> Any:
     raise InvalidInput(f"the request body is not valid JSON: {name} is not a JSON number")
 
 
-async def read_json_object(request: web.Request, pool: Executor) -> dict[str, Any]:
-    """The body as a JSON object; 415 for another content type, 400 for anything malformed."""
+async def read_json_object(request: web.Request, pool: Executor, *, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; 415 for another content type, 413 over max_bytes, 400 if malformed."""
     content_type = request.content_type
     if content_type not in JSON_CONTENT_TYPES and not content_type.endswith("+json"):
         sent = content_type if "Content-Type" in request.headers else "no Content-Type"
         raise web.HTTPUnsupportedMediaType(
             text=f"send the request as JSON (Content-Type: application/json), not {sent}"
         )
-    body = await request.read()  # over the body limit: aiohttp raises 413
+    if request.content_length is not None and request.content_length > max_bytes:
+        # Refused before reading a byte: a client that announces 10 GB need not be waited for.
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+    body = await request.read()  # a chunked body over the limit: aiohttp raises 413 as it arrives
     if len(body) <= INLINE_PARSE_BYTES:
         return parse_json_object(body)
     # Tens of megabytes of base64 images take a while to parse: not on the event loop.
@@ -82,8 +66,13 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise InvalidInput("the request body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits.
+        digits = sys.get_int_max_str_digits()
+        message = f"the request body is not valid JSON: a number has more than {digits} digits"
+        raise InvalidInput(message) from None
     if not isinstance(data, dict):
-        raise InvalidInput(f"the request body must be a JSON object, not {_json_type(data)}")
+        raise InvalidInput(f"the request body must be a JSON object, not {json_type(data)}")
     return data
 
 
@@ -97,71 +86,41 @@ def _dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload).encode("utf-8")
 
 
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return names.get(type(value), "a number")
+def _collect(data: dict[str, Any], request_fields: Sequence[RequestField]) -> dict[str, Any]:
+    """The sent values by field name, checked against the fields' rules; null means "the default"."""
+    refuse_unknown(data, [field.name for field in request_fields])
+    for field in request_fields:
+        if isinstance(field.rule, NullOnly) and data.get(field.name) is not None:
+            raise InvalidInput(field.rule.reason, field=field.name)
+    values: dict[str, Any] = {}
+    for field in request_fields:
+        value = data.get(field.name)
+        if value is None:
+            if field.required:
+                raise InvalidInput("is required", field=field.name)
+            continue
+        if isinstance(field.rule, ImageList):
+            value = field.rule.parse(field.name, value)
+        elif isinstance(field.rule, Number) and field.rule.integer and _integral_float(value):
+            value = int(value)  # JSON Schema's integer: 2.0 is the integer 2
+        if not isinstance(field.rule, NullOnly):
+            values[field.name] = value
+    return values
 
 
-def _refuse_unknown(data: dict[str, Any], accepted: Sequence[str], *, where: str = "") -> None:
-    unknown = [key for key in data if key not in accepted]
-    if unknown:
-        names = ", ".join(repr(key) for key in unknown)
-        noun = "field" if len(unknown) == 1 else "fields"
-        raise InvalidInput(f"unknown {noun} {names}{where}; accepted fields: {', '.join(accepted)}")
-
-
-def _present(data: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
-    """The fields that were sent with a value: null means "use the default", like leaving it out."""
-    return {name: data[name] for name in names if data.get(name) is not None}
+def _integral_float(value: Any) -> bool:
+    return isinstance(value, float) and value.is_integer()
 
 
 def parse_text2image(data: dict[str, Any]) -> Text2ImageParams:
-    _refuse_unknown(data, TEXT2IMAGE_FIELDS)
-    if data.get(LORA_FIELD) is not None:
-        raise InvalidInput(
-            "LoRA weights are not supported by this service; send null or leave it out", field=LORA_FIELD
-        )
-    if data.get("prompt") is None:
-        raise InvalidInput("is required", field="prompt")
-    return Text2ImageParams(**_present(data, [f for f in TEXT2IMAGE_FIELDS if f != LORA_FIELD]))
+    return Text2ImageParams(**_collect(data, TEXT2IMAGE_REQUEST))
 
 
 def parse_image2video(data: dict[str, Any]) -> tuple[list[str], Image2VideoParams]:
     """The image sources, in order, and the parameters every clip shares."""
-    _refuse_unknown(data, IMAGE2VIDEO_FIELDS)
-    entries = data.get("images_path")
-    if entries is None:
-        raise InvalidInput(
-            'is required: a list of {"image_path": "<URL or base64>"} objects', field="images_path"
-        )
-    if not isinstance(entries, list):
-        raise InvalidInput(
-            f'must be a list of {{"image_path": ...}} objects, not {_json_type(entries)}', field="images_path"
-        )
-    if not entries:
-        raise InvalidInput("must hold at least one image", field="images_path")
-    if len(entries) > MAX_IMAGES_PER_REQUEST:
-        raise InvalidInput(
-            f"holds {len(entries)} images; the limit is {MAX_IMAGES_PER_REQUEST} per request",
-            field="images_path",
-        )
-    sources = []
-    for index, entry in enumerate(entries):
-        where = f"images_path[{index}]"
-        if not isinstance(entry, dict):
-            raise InvalidInput(
-                f'must be an object like {{"image_path": ...}}, not {_json_type(entry)}', field=where
-            )
-        _refuse_unknown(entry, IMAGE_ENTRY_FIELDS, where=f" in {where}")
-        source = entry.get("image_path")
-        if not isinstance(source, str) or not source.strip():
-            raise InvalidInput(
-                "must be a non-empty string: an http(s) URL, a data URI or base64",
-                field=f"{where}.image_path",
-            )
-        sources.append(source)
-    params = Image2VideoParams(**_present(data, [f for f in IMAGE2VIDEO_FIELDS if f != "images_path"]))
-    return sources, params
+    values = _collect(data, IMAGE2VIDEO_REQUEST)
+    sources = values.pop("images_path")
+    return sources, Image2VideoParams(**values)
 
 
 def _timings(job: Job) -> dict[str, float | None]:

@@ -55,3 +55,4 @@ METRICS = web.AppKey("metrics", Metrics)
 WORKER = web.AppKey("worker", InferenceWorker)
 ADMISSION = web.AppKey("admission", Admission)
 IO_POOL = web.AppKey("io_pool", ThreadPoolExecutor)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, serialised once

@@ -18,12 +18,20 @@ from ..errors import Cancelled, DeadlineExceeded, ModelFailure, ModelUnavailable
 from .errors import ModelLoading, QueueFull, ShuttingDown
 from .jobs import DEADLINE, RUNNERS, SHUTDOWN, Job
 from .metrics import Metrics
-from .model_slot import ModelSlot
+from .model_slot import ModelSlot, ModelStatus
 
 log = logging.getLogger(__name__)
 
 LOADING_RETRY_AFTER = 10  # seconds: a model loads in seconds (cached) to minutes (downloading)
 _MAX_RETRY_AFTER = 600
+_OUT_OF_MEMORY = "out of memory during inference; try a smaller size, fewer images or frames"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (named, not imported: this layer never imports torch)."""
+    return isinstance(exc, MemoryError) or any(
+        cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__
+    )
 
 
 class InferenceWorker:
@@ -37,11 +45,14 @@ class InferenceWorker:
         self._metrics = metrics
         self._run_batch = RUNNERS[slot.task]
         self._queue: deque[Job] = deque()
-        self._running: list[Job] = []
+        self._running: list[Job] = []  # inside the pipeline call now
+        self._batch: list[Job] = []  # taken from the queue and not yet answered
         self._cond = threading.Condition()
         self._stopping = False
         self._abort = False  # set when the grace period is over: interrupt the running batch
         self._seconds_per_job: float | None = None  # moving average, for Retry-After
+        # Set once if the thread ever ends by surprise: the service then stays up but refuses work.
+        self.failure: str | None = None
         self._thread = threading.Thread(target=self._main, name=f"opea-media-{slot.task}-worker", daemon=True)
 
     # --- called from the event loop -------------------------------------------------------------
@@ -57,9 +68,21 @@ class InferenceWorker:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def status(self) -> ModelStatus:
+        """The model's state as health checks report it; "failed" too once the worker thread died."""
+        if self.failure is not None:
+            return ModelStatus("failed", self.failure)
+        return self.slot.status
+
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread died: nothing will ever run here again."""
+        return self.failure is None
+
     def check_admission(self) -> None:
         """Raise the 503 a new request should get now, before any work is spent on it."""
-        status = self.slot.status
+        status = self.status
         if status.state == "loading":
             raise ModelLoading(f"{status.detail}; retry shortly", retry_after=LOADING_RETRY_AFTER)
         if status.state == "failed":
@@ -120,14 +143,40 @@ class InferenceWorker:
     # --- the worker thread ------------------------------------------------------------------------
 
     def _main(self) -> None:
-        model = self.slot.load()
-        if model is None:
-            return
-        while True:
-            batch = self._next_batch()
-            if batch is None:
+        try:
+            model = self.slot.load()
+            if model is None:
                 return
-            self._execute(model, batch)
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._batch = batch
+                self._execute(model, batch)
+                self._batch = []
+        except BaseException as exc:  # noqa: B036 (the thread is ending: say so, then let it end)
+            self._died(exc)
+
+    def _died(self, exc: BaseException) -> None:
+        """The thread is ending by surprise: fail every waiting job and report it, never hang silently."""
+        what = "loading the model" if not self.slot.ready else "serving"
+        self.failure = (
+            f"the inference worker stopped unexpectedly while {what} ({type(exc).__name__}); "
+            "restart the service (the log has the details)"
+        )
+        log.critical("the inference worker died", exc_info=exc, extra={"task": self.task})
+        with self._cond:
+            self._stopping = True
+            running, queued = list(self._batch), list(self._queue)
+            self._running = []
+            self._queue.clear()
+        self._metrics.queue_depth.set(0)
+        self._metrics.inference_in_progress.set(0)
+        self._metrics.model_ready.set(0)
+        for job in running:  # a job answered already keeps its answer: settling twice is a no-op
+            job.settle(error=ModelFailure(f"{self.failure}; this request was running"))
+        for job in queued:
+            job.settle(error=ModelUnavailable(self.failure))
 
     def _next_batch(self) -> list[Job] | None:
         """The oldest job plus queued jobs that can share its pipeline call; None once stopping."""
@@ -183,14 +232,24 @@ class InferenceWorker:
         results: list[Any] | None = None
         error: OpeaMediaError | None = None
         try:
-            results = self._run_batch(model, batch, on_step)
+            out = self._run_batch(model, batch, on_step)
+            if len(out) != len(batch):
+                raise ModelFailure(f"the model returned {len(out)} results for {len(batch)} requests")
+            results = out
         except Cancelled:
             pass  # every job is settled below by why it was abandoned
         except OpeaMediaError as exc:
             error = exc
-        except Exception:
+        except BaseException as exc:  # noqa: B036
+            # SystemExit or KeyboardInterrupt from a library (signals never reach this thread) fails
+            # this batch like any error; the thread goes on serving.
             log.exception("inference failed", extra={"request_ids": [j.request_id for j in batch]})
-            error = ModelFailure("inference failed unexpectedly; see the service log")
+            if _out_of_memory(exc):
+                error = ModelFailure(_OUT_OF_MEMORY)
+            else:
+                error = ModelFailure(
+                    f"inference failed unexpectedly ({type(exc).__name__}); see the service log"
+                )
         finally:
             seconds = time.monotonic() - started
             self._metrics.inference_seconds.observe(seconds)
