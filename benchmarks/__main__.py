@@ -141,8 +141,7 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
             body={"prompt": "a red fox", "num_inference_steps": 20, "height": 64, "width": 64},
             batch_sizes=(1, 4, 16),
             concurrency=levels,
-            requests_per_level={1: 16 if quick else 32, 4: 32 if quick else 64, 16: 64 if quick else 128},
-            rounds=1 if quick else 2,
+            requests_per_level={1: 16 if quick else 24, 4: 32 if quick else 48, 16: 64 if quick else 96},
         )
         i2v = concurrency.run(
             service="image2video",

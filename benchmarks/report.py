@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=180)
 
 
 def _s(summary: dict[str, Any], scale: float = 1.0, digits: int = 3, unit: str | None = None) -> str:
@@ -123,27 +123,14 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
                 _mib(r["peak_decode_mib"]),
                 _mib(r["peak_mib"]),
                 _sec(r["seconds"]),
+                _mib(r.get("cuda_peak_mib")),
                 "error" if r.get("error") else "",
             ]
             for r in f["rows"]
         ]
-        return [
-            (
-                "Peak RSS (fresh process each; one denoising step)",
-                [
-                    "configuration",
-                    "dtype",
-                    "weights",
-                    "after load",
-                    "peak denoise",
-                    "peak decode",
-                    "peak",
-                    "time",
-                    "",
-                ],
-                rows,
-            )
-        ]
+        header = ["configuration", "dtype", "weights", "RSS after load", "peak RSS denoising"]
+        header += ["peak RSS decoding", "peak RSS", "time", "CUDA peak", ""]
+        return [("Peak memory, a fresh process for each row", header, rows)]
     return []
 
 

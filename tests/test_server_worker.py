@@ -147,14 +147,22 @@ async def test_deadline_is_504_and_the_running_job_is_interrupted(
     server_client: ServerClient, server_tiny_t2i: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="opea_media")
-    client = await server_client(server_tiny_t2i, request_timeout=0.3)
+    # 1 s, not less: on a busy 2-core machine the worker may need a few hundred ms to take the job,
+    # and a job that never started is dropped from the queue rather than interrupted.
+    client = await server_client(server_tiny_t2i, request_timeout=1.0)
     started = time.monotonic()
     response = await client.post("/v1/text2image", json=SLOW_REAL)
-    await assert_error(response, 504, "0.3 s request timeout")
-    assert time.monotonic() - started < 1.0
-    await until(lambda: not _running(client), timeout=5)
+    body = await assert_error(response, 504)
+    # The handler's timer or the worker's step check, whichever sees the deadline first, answers.
+    assert body["detail"] in (
+        "no result within the 1 s request timeout",
+        "the request timed out during inference",
+    )
+    assert time.monotonic() - started < 2.0
+    # The worker counts and logs the interruption from its own thread: wait for both.
+    await until(lambda: any("job interrupted (deadline)" in r.getMessage() for r in caplog.records))
     assert await metric(client, 'opea_media_jobs_cancelled_total{reason="deadline"}') == 1
-    assert any("job interrupted (deadline)" in r.getMessage() for r in caplog.records)
+    assert not _running(client)
 
 
 async def test_deadline_in_the_queue_drops_the_job_without_running_it(

@@ -140,6 +140,8 @@ def test_levers_reach_the_image2video_pipeline(cache_dir: Path) -> None:
     model = registry.image2video("tiny")
     blocks = [m for m in model.pipe.unet.modules() if hasattr(m, "_chunk_size")]
     assert blocks and all(m._chunk_size == 1 for m in blocks)
+    temporal = [m for m in model.pipe.unet.modules() if type(m).__name__ == "TemporalBasicTransformerBlock"]
+    assert temporal and all(m.attn2._opea_media_contiguous for m in temporal)
     # A request without a chunk size gets the tuned one, and reports it.
     assert model.complete(Image2VideoParams()).decode_chunk_size == 3
     assert model.complete(Image2VideoParams(decode_chunk_size=7)).decode_chunk_size == 7
@@ -295,3 +297,24 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
     tuning.split_batch(net, 1)
     net(x, torch.tensor(5), encoder_hidden_states=torch.zeros(4, 3), added={"ids": torch.ones(4, 1)})
     assert [c[0] for c in calls] == [4]
+
+
+def test_broadcast_context_reaches_attention_as_a_real_tensor() -> None:
+    seen = []
+
+    class Attention(torch.nn.Module):
+        def forward(self, hidden_states, encoder_hidden_states=None):  # type: ignore[no-untyped-def]
+            seen.append(encoder_hidden_states.stride())
+            return hidden_states
+
+    class TemporalBasicTransformerBlock(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn2 = Attention()
+
+    net = torch.nn.Sequential(TemporalBasicTransformerBlock())
+    tuning.materialize_broadcast_context(net)
+    tuning.materialize_broadcast_context(net)  # idempotent: one hook
+    context = torch.ones(1, 1, 8).expand(6, 1, 8)  # what SVD passes for a batch of one
+    net[0].attn2(torch.zeros(6, 2, 8), encoder_hidden_states=context)
+    assert seen == [(8, 8, 1)]

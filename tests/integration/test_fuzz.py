@@ -1,7 +1,7 @@
 """Schema fuzzing: schemathesis against a live `opea-media serve` of each service, on the tiny models.
 
-Every case schemathesis makes from GET /openapi.json (its examples, the boundary and mutation cases
-of its coverage phase, and FUZZ_EXAMPLES random cases per operation, valid and invalid alike) goes
+Every case schemathesis makes from GET /openapi.json (the boundary and mutation cases of its
+coverage phase, and FUZZ_EXAMPLES random cases per operation, valid and invalid alike) goes
 to a real server process over TCP. Each response must have a documented status, content type,
 headers and body; data the document forbids must be refused with a 4xx (negative_data_rejection);
 data it allows must be served (positive cases: 200, except an image_path whose content is no image);
@@ -17,10 +17,10 @@ server also runs with a short --request-timeout as a backstop (504 is a document
 defaults themselves are served in tests/test_server_api.py.
 
 CI: FUZZ_EXAMPLES = 25 random cases per operation, derandomized (the same cases every run), plus
-the examples and coverage phases (deterministic, about 150 cases per service): about 30 s per
-service on 2 cores. The long run (docs/reliability.md):
+the coverage phase (deterministic, about 170 cases per service): about 200 requests and 10-25 s
+per service on 2 cores. The long run (docs/reliability.md):
 
-    OPEA_MEDIA_FUZZ_EXAMPLES=2000 python -m pytest tests/integration/test_fuzz.py -s -p no:randomly
+    OPEA_MEDIA_FUZZ_EXAMPLES=2000 python -m pytest tests/integration/test_fuzz.py -s
 
 runs random (not derandomized) cases and prints how many requests each service answered.
 """
