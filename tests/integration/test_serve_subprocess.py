@@ -6,11 +6,9 @@ import base64
 import io
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -23,22 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-STARTUP_TIMEOUT = 180.0  # importing torch on a busy CI machine, then loading the tiny model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def command() -> list[str]:
-    """The installed console script when there is one, as a user would run it."""
-    script = Path(sys.executable).with_name("opea-media")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("opea-media")
-    return [found] if found else [sys.executable, "-m", "opea_media"]
+from .live_service import STARTUP_TIMEOUT, command, free_port
 
 
 @dataclass
