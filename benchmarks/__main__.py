@@ -123,6 +123,9 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
         if not quick:
             configs.append(("random:svd-xt", "image2video", "random:svd-xt"))
         return {
+            "presets": startup.build_times(
+                ("bfloat16",) if quick else ("bfloat16", "float32"), 1 if quick else 3
+            ),
             "cli_help": startup.cli_help(5 if quick else 15),
             "serve": startup.serve_to_ready(
                 configs, rounds=1 if quick else 3, cache=args.cache, save_presets=True
@@ -183,6 +186,7 @@ def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
     sd21_768 = {"prompt": "a red fox", "num_inference_steps": 25, "height": 768, "width": 768}
     if section == "startup":
         return {
+            "presets": startup.build_times(("float16",), 1, device="cuda"),
             "cli_help": startup.cli_help(5),
             "serve": startup.serve_to_ready(
                 [

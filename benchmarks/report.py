@@ -31,7 +31,11 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
     """(title, header, rows) for one section."""
     f = data["figures"]
     if section == "startup":
-        rows = [[name, _s(s), str(s["n"])] for name, s in f["cli_help"].items()]
+        rows = [
+            [name, _s(s, digits=2), str(s["n"])]
+            for name, s in f.get("presets", {}).get("samples", {}).items()
+        ]
+        rows += [[name, _s(s), str(s["n"])] for name, s in f["cli_help"].items()]
         rows += [[name, _s(s, digits=2), str(s["n"])] for name, s in f["serve"]["samples"].items()]
         return [("Start-up (median [p25-p75])", ["what", "seconds", "n"], rows)]
     if section == "overhead":

@@ -61,6 +61,39 @@ def cli_help(rounds: int) -> dict[str, Any]:
     return {name: s.summary() for name, s in samples.items()}
 
 
+_BUILD = """
+import sys, time, torch
+from opea_media.models.presets import build_preset, parameter_counts
+t = time.perf_counter()
+build_preset(sys.argv[1], dtype=getattr(torch, sys.argv[2]), device=sys.argv[3])
+if sys.argv[3] == "cuda":
+    torch.cuda.synchronize()
+print(time.perf_counter() - t, sum(parameter_counts(sys.argv[1]).values()))
+"""
+
+
+def build_times(dtypes: tuple[str, ...], rounds: int, device: str = "cpu") -> dict[str, Any]:
+    """Seconds to build each preset with random weights (imports excluded), a fresh process each."""
+    samples: dict[str, Sample] = {}
+    params: dict[str, int] = {}
+    for r in range(rounds):
+        for name in ("random:sd21", "random:svd-xt"):
+            for dtype in dtypes if r % 2 == 0 else dtypes[::-1]:
+                out = subprocess.run(
+                    [sys.executable, "-W", "ignore", "-c", _BUILD, name, dtype, device],
+                    cwd=ROOT,
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                seconds, count = out.stdout.split()
+                samples.setdefault(f"build {name} {dtype}", Sample(f"{name} {dtype}")).values.append(
+                    float(seconds)
+                )
+                params[name] = int(count)
+    return {"samples": {k: s.summary() for k, s in samples.items()}, "parameters": params}
+
+
 def saved_preset(name: str, folder: Path, dtype: str) -> Path:
     """The preset saved once as a diffusers folder (what a real checkpoint on disk looks like)."""
     target = folder / f"{name.replace(':', '-')}-{dtype}"

@@ -31,6 +31,7 @@ def test_defaults_per_device() -> None:
     assert not cpu.forward_chunking
     video = Tuning().resolve("image2video", "cpu")
     assert video.forward_chunking and video.decode_chunk_size == tuning.CPU_DECODE_CHUNK_SIZE
+    assert video.guidance_split
     gpu = Tuning().resolve("image2video", "cuda")
     assert gpu.channels_last and gpu.decode_chunk_size == tuning.CUDA_DECODE_CHUNK_SIZE
     assert gpu.threads is None

@@ -147,8 +147,8 @@ def tuning_options(task: Task) -> list[Callable[[F], F]]:
             "--guidance-split",
             "GUIDANCE_SPLIT",
             "Run the UNet on the unconditional and conditional halves of classifier-free guidance one "
-            "after the other: half the activation memory, the same arithmetic. auto: on on the CPU, off "
-            "with CUDA (where the doubled batch runs faster).",
+            "after the other: half the activation memory, the same arithmetic. auto: on for image2video on "
+            "the CPU (which otherwise needs over 8 GB), else off.",
         ),
         _switch(
             "--channels-last",

@@ -8,11 +8,11 @@ data it allows must be served (positive cases: 200, except an image_path whose c
 no input may produce a 500. Afterwards the server must be healthy and serve a normal request.
 
 Bounded cost, and why it is done this way: the document tells the truth (2048 px, 150 steps, 8
-images), and at 2048 px one denoising step of even the tiny model takes ~20 s on 2 CPU cores, and a
-step cannot be interrupted midway. So the fuzz lowers only the *work* of requests that are valid:
-a size, step, image or frame count that is within its limit but above WORK_CAPS is replaced by the
-cap, and an absent or null step (or frame) count, which means the model's 25, by 2, before
-sending. Invalid values are never touched, so every refusal path is fuzzed as generated. The
+images), and at 2048 px one denoising step of even the tiny model took 60-80 s on 2 shared CPU
+cores, and a step cannot be interrupted midway. So the fuzz lowers only the *work* of requests that
+are valid: a size, step, image or frame count that is within its limit but above WORK_CAPS is
+replaced by the cap, and an absent or null step (or frame) count, which means the model's 25, by 2,
+before sending. Invalid values are never touched, so every refusal path is fuzzed as generated. The
 server also runs with a short --request-timeout as a backstop (504 is a documented answer). The
 defaults themselves are served in tests/test_server_api.py.
 
