@@ -265,9 +265,11 @@ def openmp_wait_policy(*, rounds: int, log: Any = print) -> list[dict[str, Any]]
     policies = ("ACTIVE", "PASSIVE")
     results: list[dict[str, Any]] = []
     pipelines = (
-        ("tiny", ["--task", "text2image", "--model", "tiny", "--steps", "20", "--repeat", "6"]),
+        ("tiny", 64, 20, ["--task", "text2image", "--model", "tiny", "--steps", "20", "--repeat", "6"]),
         (
             "random:sd21",
+            256,
+            2,
             [
                 "--task",
                 "text2image",
@@ -282,7 +284,7 @@ def openmp_wait_policy(*, rounds: int, log: Any = print) -> list[dict[str, Any]]
             ],
         ),
     )
-    for label, args in pipelines:
+    for label, size, steps, args in pipelines:
         log(f"levers: OpenMP wait policy, {label} pipeline")
         samples = {p: Sample(p) for p in policies}
         for r in range(rounds):
@@ -293,6 +295,8 @@ def openmp_wait_policy(*, rounds: int, log: Any = print) -> list[dict[str, Any]]
             {
                 "lever": "OMP_WAIT_POLICY ACTIVE -> PASSIVE (pipeline only)",
                 "model": label,
+                "size": size,
+                "steps": steps,
                 "samples": {k: s.summary() for k, s in samples.items()},
                 "ratio": ratio_of_medians(samples["PASSIVE"], samples["ACTIVE"]),
             }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(width=180)
@@ -140,11 +141,11 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
 
 def print_section(section: str, data: dict[str, Any]) -> None:
     for title, header, rows in tables(section, data):
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         for h in header:
-            table.add_column(h)
+            table.add_column(escape(h))
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(escape(cell) for cell in row))
         console.print(table)
     console.print(
         f"[dim]{section}: {data['seconds']:.0f} s, "

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from opea_media.cli import cli
 from opea_media.commands import animate as animate_command
@@ -135,14 +136,24 @@ def test_levers_reach_the_text2image_pipeline(cache_dir: Path) -> None:
 
 
 def test_levers_reach_the_image2video_pipeline(cache_dir: Path) -> None:
+    # channels_last as on CUDA: SVD's 5-D temporal convolution weights must not break it.
     registry = ModelRegistry(
-        device="cpu", dtype="float32", cache_dir=cache_dir, tuning=Tuning(decode_chunk_size=3)
+        device="cpu",
+        dtype="float32",
+        cache_dir=cache_dir,
+        tuning=Tuning(decode_chunk_size=3, channels_last="on"),
     )
     model = registry.image2video("tiny")
     blocks = [m for m in model.pipe.unet.modules() if hasattr(m, "_chunk_size")]
     assert blocks and all(m._chunk_size == 1 for m in blocks)
     temporal = [m for m in model.pipe.unet.modules() if type(m).__name__ == "TemporalBasicTransformerBlock"]
     assert temporal and all(m.attn2._opea_media_contiguous for m in temporal)
+    conv3d = [m for m in model.pipe.unet.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert conv3d and all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in conv3d)
+    frames = model.generate(
+        Image.new("RGB", (64, 64)), Image2VideoParams(num_frames=2, num_inference_steps=1, seed=0)
+    )
+    assert len(frames) == 2
     # A request without a chunk size gets the tuned one, and reports it.
     assert model.complete(Image2VideoParams()).decode_chunk_size == 3
     assert model.complete(Image2VideoParams(decode_chunk_size=7)).decode_chunk_size == 7
