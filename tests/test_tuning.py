@@ -100,6 +100,18 @@ def test_cpu_quota_caps_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert tuning.cpu_quota_threads(tmp_path / "absent") is None
 
 
+def test_cpu_quota_of_cgroup_v1_caps_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docker 20.10 on a cgroup v1 host: the quota is in cpu/cpu.cfs_quota_us, -1 for none.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    cpu = tmp_path / "cpu"
+    cpu.mkdir()
+    (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    (cpu / "cpu.cfs_quota_us").write_text("200000\n")  # docker run --cpus=2
+    assert tuning.cpu_quota_threads(tmp_path) == 2
+    (cpu / "cpu.cfs_quota_us").write_text("-1\n")
+    assert tuning.cpu_quota_threads(tmp_path) is None
+
+
 def test_auto_dtype() -> None:
     assert tuning.auto_dtype("text2image", "cuda") == "float16"
     assert tuning.auto_dtype("text2image", "cpu", cpu_has_bf16=True) == "bfloat16"

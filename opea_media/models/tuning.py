@@ -277,11 +277,7 @@ def cpu_quota_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
     torch sizes its pool by the host's cores; under `docker run --cpus=2` on a 64-core host that is
     64 threads fighting for 2 CPUs, several times slower than 2 threads.
     """
-    try:
-        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
-        limit = None if quota == "max" else math.ceil(int(quota) / int(period))
-    except (OSError, ValueError):
-        limit = None
+    limit = _cgroup_cpu_limit(cgroup_root)
     try:
         available = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -289,6 +285,23 @@ def cpu_quota_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
     if limit is None or limit >= available:
         return None
     return max(1, limit)
+
+
+def _cgroup_cpu_limit(root: Path) -> int | None:
+    """CPUs allowed by the quota: cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us` (Docker 20.10)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota_us = int((v1 / "cpu.cfs_quota_us").read_text())
+            period_us = int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else math.ceil(quota_us / period_us)
+    return None
 
 
 def auto_dtype(task: Task, device: str, *, cpu_has_bf16: bool | None = None) -> str:

@@ -235,3 +235,16 @@ def test_scale_out_spreads_requests_and_survives_a_stopped_replica(
         f"{expected - stop_asked_after[0]} of them after `docker stop`; "
         f"{len(retried)} retried on the other replica"
     )
+
+
+def test_a_cpu_limit_on_the_container_sizes_torch_threads(images: Images) -> None:
+    # Docker 20.10 here writes the limit to cgroup v1's cpu.cfs_quota_us; newer engines to cpu.max.
+    probe = (
+        "from opea_media.models.tuning import Tuning; print(Tuning().resolve('text2image', 'cpu').threads)"
+    )
+    limited = run(
+        ["docker", "run", "--rm", "--cpus=1", "--entrypoint", "python", images.app, "-c", probe], timeout=120
+    )
+    assert limited.stdout.strip() == ("1" if (os.cpu_count() or 1) > 1 else "None"), limited.stdout
+    unlimited = run(["docker", "run", "--rm", "--entrypoint", "python", images.app, "-c", probe], timeout=120)
+    assert unlimited.stdout.strip() == "None", unlimited.stdout
