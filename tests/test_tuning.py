@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -321,6 +322,31 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
     tuning.split_batch(net, 1)
     net(x, torch.tensor(5), encoder_hidden_states=torch.zeros(4, 3), added={"ids": torch.ones(4, 1)})
     assert [c[0] for c in calls] == [4]
+
+
+def test_forward_chunking_feeds_temporal_layers_contiguous_chunks_and_keeps_the_frames(
+    cache_dir: Path,
+) -> None:
+    # diffusers chunks SVD's temporal feed-forward along the frames: strided views, on which a
+    # Linear expanded its weight once per latent position (15 GB at 576x1024; OOM-killed).
+    def clip(forward_chunking: str) -> tuple[list[bool], np.ndarray]:
+        tuned = Tuning(forward_chunking=forward_chunking)
+        model = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir, tuning=tuned).image2video(
+            "tiny"
+        )
+        seen: list[bool] = []
+        for block in model.pipe.unet.modules():
+            if type(block).__name__ == "TemporalBasicTransformerBlock":
+                for ff in (block.ff_in, block.ff):
+                    ff.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+        image = Image.linear_gradient("L").resize((64, 64)).convert("RGB")
+        frames = model.generate(image, Image2VideoParams(num_frames=3, num_inference_steps=2, seed=3))
+        return seen, np.stack([np.asarray(f, dtype=np.int16) for f in frames])
+
+    chunked_inputs, chunked = clip("on")
+    _, whole = clip("off")
+    assert chunked_inputs and all(chunked_inputs)
+    assert np.abs(chunked - whole).max() <= 1 and whole.std() > 5  # the same, non-blank clip
 
 
 def test_broadcast_context_reaches_attention_as_a_real_tensor() -> None:
