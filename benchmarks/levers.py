@@ -5,9 +5,14 @@ Memory effects are measured in fresh processes (memory.py); here only the time p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-import time
-from collections.abc import Callable, Mapping
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .stats import interleave, ratio
@@ -249,91 +254,122 @@ def run_cuda(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
     return results
 
 
+# The variable is read once, when torch loads libgomp: each policy runs in processes of its own,
+# which import torch before opea_media (whose own default would otherwise fill in PASSIVE).
+OMP_POLICIES = ("libgomp default", "PASSIVE", "ACTIVE")
+_TORCH_FIRST = (
+    "import runpy, sys, torch; sys.argv = ['{name}', *sys.argv[1:]]; "
+    "runpy.run_module('{module}', run_name='__main__')"
+)
+
+
+def _omp_env(policy: str) -> dict[str, str | None]:
+    return {"OMP_WAIT_POLICY": None if policy == "libgomp default" else policy}
+
+
+def _env(changes: dict[str, str | None]) -> dict[str, str]:
+    merged = {**os.environ, **changes}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+@contextlib.contextmanager
+def _neighbour(busy: bool) -> Iterator[None]:
+    """One process spinning on a core: a neighbour container, or another service on the host."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        yield
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
 def openmp_wait_policy(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
-    """OMP_WAIT_POLICY=ACTIVE (OpenMP's spinning default) against PASSIVE (opea-media's default).
+    """OMP_WAIT_POLICY: libgomp's default (spin ~3 ms, then sleep), PASSIVE (opea-media's), ACTIVE.
 
-    The policy is read once when torch loads, so each side runs in processes of its own: the
-    pipeline alone (benchmarks/probe.py), and the service answering one client at a time.
+    Each on an idle machine and beside one busy neighbour process: the pipeline alone
+    (benchmarks/probe.py, fresh processes), then `serve` answering 1 and 16 clients.
     """
-    import json
-    import urllib.request
-
-    from .memory import probe
-    from .service import ServeProcess
+    from .concurrency import _load
+    from .service import ROOT, ServeProcess
     from .stats import Sample
 
-    policies = ("ACTIVE", "PASSIVE")
-    results: list[dict[str, Any]] = []
-    pipelines = (
-        ("tiny", 64, 20, ["--task", "text2image", "--model", "tiny", "--steps", "20", "--repeat", "6"]),
-        (
-            "random:sd21",
-            256,
-            2,
-            [
-                "--task",
-                "text2image",
-                "--model",
-                "random:sd21",
-                "--size",
-                "256",
-                "--steps",
-                "2",
-                "--repeat",
-                "3",
-            ],
-        ),
-    )
-    for label, size, steps, args in pipelines:
-        log(f"levers: OpenMP wait policy, {label} pipeline")
-        samples = {p: Sample(p) for p in policies}
-        for r in range(rounds):
-            for policy in policies if r % 2 == 0 else policies[::-1]:
-                result = probe(*args, env={"OMP_WAIT_POLICY": policy})
-                samples[policy].values += [run["seconds"] for run in result.get("runs", [])[1:]]
-        results.append(
-            {
-                "lever": "OMP_WAIT_POLICY ACTIVE -> PASSIVE (pipeline only)",
-                "model": label,
-                "size": size,
-                "steps": steps,
-                "samples": {k: s.summary() for k, s in samples.items()},
-                "ratio": ratio_of_medians(samples["PASSIVE"], samples["ACTIVE"]),
-            }
-        )
+    def probe_seconds(policy: str, args: list[str]) -> list[float]:
+        code = _TORCH_FIRST.format(name="probe", module="benchmarks.probe")
+        out = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", code, *args],
+            cwd=ROOT, env=_env(_omp_env(policy)), capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return [run["seconds"] for run in json.loads(out.stdout.strip().splitlines()[-1])["runs"][1:]]
 
-    log("levers: OpenMP wait policy, tiny service")
-    body = json.dumps({"prompt": "a red fox", "num_inference_steps": 20, "height": 64, "width": 64}).encode()
-    servers = {p: ServeProcess("text2image", "tiny", env={"OMP_WAIT_POLICY": p}) for p in policies}
-    samples = {p: Sample(p) for p in policies}
+    pipelines = (
+        ("tiny", 64, 20, ["--model", "tiny", "--steps", "20", "--repeat", "8"]),
+        ("random:sd21", 256, 2, ["--model", "random:sd21", "--size", "256", "--steps", "2", "--repeat", "3"]),
+    )
+    results: list[dict[str, Any]] = []
+    for busy in (False, True):
+        where = "beside a busy process" if busy else "idle machine"
+        for label, size, steps, args in pipelines:
+            log(f"levers: OpenMP wait policy, {label} pipeline, {where}")
+            samples = {p: Sample(p) for p in OMP_POLICIES}
+            for r in range(rounds):
+                for policy in OMP_POLICIES if r % 2 == 0 else OMP_POLICIES[::-1]:
+                    with _neighbour(busy):
+                        samples[policy].values += probe_seconds(policy, ["--task", "text2image", *args])
+            results.append(
+                _policy_row(f"OMP_WAIT_POLICY, pipeline only, {where}", label, size, steps, samples)
+            )
+
+    body = {"prompt": "a red fox", "num_inference_steps": 20, "height": 64, "width": 64}
+    launcher = [sys.executable, "-c", _TORCH_FIRST.format(name="opea-media", module="opea_media")]
+    servers = {
+        policy: ServeProcess(
+            "text2image", "tiny", "--max-queue", "64", env=_omp_env(policy), launcher=launcher
+        )
+        for policy in OMP_POLICIES
+    }
     try:
         for server in servers.values():
             server.wait_ready()
-        for r in range(rounds * 8 + 1):
-            for policy in policies if r % 2 == 0 else policies[::-1]:
-                request = urllib.request.Request(
-                    servers[policy].url + "/v1/text2image",
-                    data=body,
-                    headers={"Content-Type": "application/json"},
+            asyncio.run(_load(server.url, "/v1/text2image", body, clients=1, requests=2))
+        for busy in (False, True):
+            where = "beside a busy process" if busy else "idle machine"
+            for clients, requests in ((1, 24), (16, 64)):
+                log(f"levers: OpenMP wait policy, tiny service, {clients} clients, {where}")
+                samples = {p: Sample(p, unit="req/s") for p in OMP_POLICIES}
+                for r in range(rounds):
+                    for policy in OMP_POLICIES if r % 2 == 0 else OMP_POLICIES[::-1]:
+                        with _neighbour(busy):
+                            out = asyncio.run(
+                                _load(
+                                    servers[policy].url,
+                                    "/v1/text2image",
+                                    body,
+                                    clients=clients,
+                                    requests=requests,
+                                )
+                            )
+                        samples[policy].values.append(out["rps"])
+                results.append(
+                    _policy_row(
+                        f"OMP_WAIT_POLICY, service req/s, {clients} clients, {where}", "tiny", 64, 20, samples
+                    )
                 )
-                start = time.perf_counter()
-                urllib.request.urlopen(request, timeout=600).read()
-                if r:  # the first round warms up
-                    samples[policy].values.append(time.perf_counter() - start)
     finally:
         for server in servers.values():
             server.stop()
-    results.append(
-        {
-            "lever": "OMP_WAIT_POLICY ACTIVE -> PASSIVE (service, 1 client)",
-            "model": "tiny",
-            "size": 64,
-            "steps": 20,
-            "samples": {k: s.summary() for k, s in samples.items()},
-            "ratio": ratio_of_medians(samples["PASSIVE"], samples["ACTIVE"]),
-        }
-    )
     return results
+
+
+def _policy_row(lever: str, model: str, size: int, steps: int, samples: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "lever": lever,
+        "model": model,
+        "size": size,
+        "steps": steps,
+        "samples": {k: s.summary() for k, s in samples.items()},
+        "ratio": ratio_of_medians(samples["PASSIVE"], samples["libgomp default"]),
+    }
 
 
 def ratio_of_medians(a: Any, b: Any) -> dict[str, Any]:

@@ -91,6 +91,11 @@ def text2image_configs(quick: bool) -> list[tuple[str, str, list[str]]]:
             [*base, "--size", "512", "--dtype", "bfloat16", "--num-images", "4"],
         ),
         (
+            "SD2.1 768 px bfloat16 x4 images (a micro-batch of 4)",
+            "micro-batching",
+            [*base, "--size", "768", "--dtype", "bfloat16", "--num-images", "4"],
+        ),
+        (
             "SD2.1 1024 px bfloat16, VAE tiling off",
             "VAE tiling",
             [*base, "--size", "1024", "--dtype", "bfloat16", "--tuning", '{"vae_tiling": "off"}'],

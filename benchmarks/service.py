@@ -38,11 +38,21 @@ def opea_media_command() -> list[str]:
 class ServeProcess:
     """`opea-media serve` on a free loopback port; `ready_seconds` is spawn-to-/health-200."""
 
-    def __init__(self, service: str, model: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        model: str,
+        *args: str,
+        env: dict[str, str | None] | None = None,
+        launcher: list[str] | None = None,
+    ) -> None:
+        """`env` is added to this process's environment (None removes a variable); `launcher`
+        replaces `python -m opea_media` as the command that `serve ...` is appended to."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, **(env or {})}
         command = [
-            *opea_media_command(),
+            *(launcher or opea_media_command()),
             "serve",
             "--service",
             service,
@@ -60,7 +70,7 @@ class ServeProcess:
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={k: v for k, v in environment.items() if v is not None},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -144,7 +144,7 @@ def serve_to_ready(
     for label in reads:
         samples[label] = Sample(label)
     sizes: dict[str, int] = {}
-    env = {"OPEA_MEDIA_CACHE": str(cache / "opea-media-cache")}
+    env: dict[str, str | None] = {"OPEA_MEDIA_CACHE": str(cache / "opea-media-cache")}
     for r in range(rounds):
         for label, service, model in runs if r % 2 == 0 else runs[::-1]:
             with ServeProcess(service, model, "--dtype", dtype, env=env) as server:

@@ -286,9 +286,11 @@ def _concat(outputs: list[Any]) -> Any:
 def prepare_threading(environ: MutableMapping[str, str] | None = None) -> None:
     """Before torch loads OpenMP: let its idle workers sleep instead of spinning.
 
-    Spinning workers hold a core while they wait for the others; when anything else wants that core
-    (the service's event loop and PNG encoders, a neighbour on a shared host) the workers they wait
-    for are descheduled instead, and a 0.4 s request took 8-20 s here. A user's own setting wins.
+    Spinning workers hold a core while they wait for the others; when anything else wants that
+    core (the other service on the host, a neighbour container, the service's own encoders) the
+    workers they wait for are descheduled instead. Beside one busy process an SD 2.1-size
+    generation took 4.5 s with PASSIVE against 7.1 s (ACTIVE) and 7.5 s (libgomp's default); on
+    an idle machine PASSIVE costs 2-4 % at that size (docs/performance.md). A user's own setting wins.
     """
     environ = os.environ if environ is None else environ
     environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
