@@ -19,7 +19,7 @@ from opea_media.commands import generate_image as generate_command
 from opea_media.errors import InvalidInput
 from opea_media.models import ModelRegistry, tuning
 from opea_media.models.tuning import AppliedTuning, Tuning, apply_tuning
-from opea_media.params import Image2VideoParams
+from opea_media.params import Image2VideoParams, Text2ImageParams
 
 
 def test_defaults_per_device() -> None:
@@ -31,6 +31,8 @@ def test_defaults_per_device() -> None:
         False,
     )
     assert not cpu.forward_chunking
+    assert cpu.images_per_call == tuning.CPU_IMAGES_PER_CALL == 2
+    assert Tuning().resolve("text2image", "cuda").images_per_call == tuning.CUDA_IMAGES_PER_CALL
     video = Tuning().resolve("image2video", "cpu")
     assert video.forward_chunking and video.decode_chunk_size == tuning.CPU_DECODE_CHUNK_SIZE
     assert video.guidance_split
@@ -48,6 +50,7 @@ def test_explicit_choices_win() -> None:
         forward_chunking="off",
         channels_last="on",
         decode_chunk_size=5,
+        images_per_call=3,
         threads=3,
     ).resolve("image2video", "cpu")
     assert chosen == AppliedTuning(
@@ -58,6 +61,7 @@ def test_explicit_choices_win() -> None:
         forward_chunking=False,
         channels_last=True,
         decode_chunk_size=5,
+        images_per_call=3,
         threads=3,
     )
 
@@ -69,6 +73,7 @@ def test_explicit_choices_win() -> None:
         ({"vae_tiling": "yes"}, "vae_tiling: must be one of auto, on, off, got 'yes'"),
         ({"decode_chunk_size": 0}, "decode_chunk_size: must be between 1 and 128"),
         ({"threads": 0}, "threads: must be between 1 and 1024"),
+        ({"images_per_call": 0}, "images_per_call: must be between 1 and 1024"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict[str, object], message: str) -> None:
@@ -83,8 +88,11 @@ def test_environment_sets_the_levers() -> None:
         "OPEA_MEDIA_DECODE_CHUNK_SIZE": "4",
         "OPEA_MEDIA_THREADS": "auto",
         "OPEA_MEDIA_FORWARD_CHUNKING": "",
+        "OPEA_MEDIA_IMAGES_PER_CALL": "3",
     }
-    assert Tuning.from_env(env) == Tuning(attention_slicing="max", vae_tiling="off", decode_chunk_size=4)
+    assert Tuning.from_env(env) == Tuning(
+        attention_slicing="max", vae_tiling="off", decode_chunk_size=4, images_per_call=3
+    )
     assert Tuning.from_env({}) == Tuning()
     with pytest.raises(InvalidInput, match="OPEA_MEDIA_THREADS must be an integer or 'auto', got 'many'"):
         Tuning.from_env({"OPEA_MEDIA_THREADS": "many"})
@@ -200,6 +208,8 @@ def test_flags_and_environment_reach_the_commands(monkeypatch: pytest.MonkeyPatc
             "2",
             "--guidance-split",
             "off",
+            "--images-per-call",
+            "4",
         ],
         env={"OPEA_MEDIA_VAE_SLICING": "off", "OPEA_MEDIA_CHANNELS_LAST": "on"},
     )
@@ -210,6 +220,7 @@ def test_flags_and_environment_reach_the_commands(monkeypatch: pytest.MonkeyPatc
         vae_slicing="off",
         vae_tiling="off",
         channels_last="on",
+        images_per_call=4,
         threads=2,
     )
     result = runner.invoke(
@@ -231,6 +242,7 @@ def test_help_names_every_lever() -> None:
         "--vae-slicing",
         "--vae-tiling",
         "--channels-last",
+        "--images-per-call",
         "--threads",
     ):
         assert flag in text
@@ -262,11 +274,6 @@ def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
 
 
 def test_guidance_split_gives_the_same_pixels(cache_dir: Path) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from opea_media.params import Text2ImageParams
-
     images = {}
     for split in ("off", "on"):
         registry = ModelRegistry(
@@ -286,6 +293,40 @@ def test_guidance_split_gives_the_same_pixels(cache_dir: Path) -> None:
         images[split] += [np.asarray(f, dtype=np.int16) for f in clip]
     # Each sample's arithmetic is unchanged; batched matrix kernels may round differently by a level.
     assert all(np.abs(a - b).max() <= 2 for a, b in zip(images["off"], images["on"], strict=True))
+
+
+def test_images_per_call_bounds_the_unet_batch_and_keeps_the_pixels(cache_dir: Path) -> None:
+    def run(images_per_call: int, n: int) -> tuple[list[list[np.ndarray]], list[int], list[tuple[int, int]]]:
+        tuned = Tuning(images_per_call=images_per_call)
+        model = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir, tuning=tuned).text2image(
+            "tiny"
+        )
+        unet_batches: list[int] = []
+        model.pipe.unet.register_forward_pre_hook(lambda m, args: unet_batches.append(args[0].shape[0]))
+        progress: list[tuple[int, int]] = []
+        batch = [
+            Text2ImageParams(
+                prompt=prompt, num_images_per_prompt=n, num_inference_steps=2, height=64, width=64, seed=seed
+            )
+            for prompt, seed in (("a red fox", 1), ("a blue bird", 2), ("a green frog", 3))
+        ]
+        out = model.generate(batch, on_step=lambda step, total: progress.append((step, total)))
+        return (
+            [[np.asarray(image, dtype=np.int16) for image in images] for images in out],
+            unet_batches,
+            progress,
+        )
+
+    for n in (1, 3):  # whole requests per call; slices of one request per call
+        reference, whole, _ = run(8 * 3, n)
+        capped, batches, progress = run(2, n)
+        assert max(whole) == 2 * 3 * n and max(batches) <= 2 * 2  # classifier-free guidance doubles it
+        assert [len(images) for images in capped] == [n, n, n]
+        for got, want in zip(capped, reference, strict=True):
+            assert all(np.abs(a - b).max() <= 1 for a, b in zip(got, want, strict=True))
+        total = progress[-1][1]
+        # One report per UNet call (steps x pipeline calls), counting up to one total.
+        assert [step for step, _ in progress] == list(range(1, total + 1)) and total == len(batches)
 
 
 def test_split_batch_slices_every_batched_argument_and_undoes() -> None:

@@ -61,6 +61,7 @@ class TuningChoice:
     vae_tiling: str = "auto"
     forward_chunking: str = "auto"
     channels_last: str = "auto"
+    images_per_call: int | None = None
     threads: int | None = None
 
     def tuning(self) -> Tuning:
@@ -195,6 +196,15 @@ def tuning_options(task: Task) -> list[Callable[[F], F]]:
             "Decode images larger than the model's native size in tiles: bounded memory, faint seams "
             "possible. auto: on.",
         ),
+        click.option(
+            "--images-per-call",
+            type=click.IntRange(1, 1024),
+            default=None,
+            envvar=env("IMAGES_PER_CALL"),
+            show_envvar=True,
+            help="Most images denoised in one pipeline call; more run in several calls, with the same "
+            "pixels. Default: 2 on the CPU (bounds the peak memory), 8 with CUDA.",
+        ),
         *common,
     ]
 
@@ -210,6 +220,7 @@ def model_choice(
     vae_tiling: str = "auto",
     forward_chunking: str = "auto",
     channels_last: str = "auto",
+    images_per_call: int | None = None,
     threads: int | None = None,
 ) -> ModelChoice:
     return ModelChoice(
@@ -223,6 +234,7 @@ def model_choice(
             vae_tiling=vae_tiling,
             forward_chunking=forward_chunking,
             channels_last=channels_last,
+            images_per_call=images_per_call,
             threads=threads,
         ),
     )

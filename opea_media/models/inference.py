@@ -17,15 +17,16 @@ StepCallback = Callable[[int, int], None]
 _OOM_ADVICE = "out of memory during inference; try a smaller size, fewer images or frames"
 
 
-def step_callback(total: int, on_step: StepCallback | None) -> Any:
-    """A diffusers `callback_on_step_end` that reports (step, total) after each step.
+def step_callback(total: int, on_step: StepCallback | None, *, done: int = 0) -> Any:
+    """A diffusers `callback_on_step_end` that reports (done + step, total) after each step.
 
-    `on_step` may raise Cancelled: the pipeline then stops at that step instead of finishing.
+    `done`: steps of earlier pipeline calls of the same job. `on_step` may raise Cancelled: the
+    pipeline then stops at that step instead of finishing.
     """
 
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
-            on_step(step + 1, total)
+            on_step(done + step + 1, total)
         return kwargs
 
     return callback

@@ -103,7 +103,7 @@ class ModelHandle:
         pipe.set_progress_bar_config(disable=True)
         apply_tuning(pipe, self.tuning)
         if self.task == "text2image":
-            return Text2ImageModel(pipe, ref=self.ref)
+            return Text2ImageModel(pipe, ref=self.ref, images_per_call=self.tuning.images_per_call)
         return Image2VideoModel(pipe, ref=self.ref, decode_chunk_size=self.tuning.decode_chunk_size)
 
 

@@ -31,6 +31,12 @@ DTYPE_POLICY = ("auto", "float32", "float16", "bfloat16")
 CPU_DECODE_CHUNK_SIZE = 2
 # SVD's own documentation uses 8 on GPUs: within 1% of decoding all at once, a fraction of the memory.
 CUDA_DECODE_CHUNK_SIZE = 8
+# text2image: images the UNet denoises in one pipeline call (a request asks for up to 8, and
+# micro-batching adds requests). On a CPU more than 2 at once raise the peak above one image's
+# decode peak (SD 2.1 768 px float32: 7.63 GiB, the 8G limit's edge) and gain little speed; a GPU
+# gains from larger batches and has the memory.
+CPU_IMAGES_PER_CALL = 2
+CUDA_IMAGES_PER_CALL = 8
 
 ENV_NAMES = {
     "guidance_split": "GUIDANCE_SPLIT",
@@ -40,8 +46,10 @@ ENV_NAMES = {
     "forward_chunking": "FORWARD_CHUNKING",
     "channels_last": "CHANNELS_LAST",
     "decode_chunk_size": "DECODE_CHUNK_SIZE",
+    "images_per_call": "IMAGES_PER_CALL",
     "threads": "THREADS",
 }
+INTEGER_FIELDS = ("decode_chunk_size", "images_per_call", "threads")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Tuning:
     forward_chunking: str = "auto"
     channels_last: str = "auto"
     decode_chunk_size: int | None = None  # image2video default for requests that give none
+    images_per_call: int | None = None  # text2image: images denoised in one pipeline call
     threads: int | None = None  # torch intra-op threads
 
     def __post_init__(self) -> None:
@@ -70,8 +79,10 @@ class Tuning:
                 )
         if self.decode_chunk_size is not None:
             DECODE_CHUNK_SIZE.check("decode_chunk_size", self.decode_chunk_size, integer=True)
-        if self.threads is not None and (isinstance(self.threads, bool) or not 1 <= self.threads <= 1024):
-            raise InvalidInput(f"must be between 1 and 1024, got {self.threads!r}", field="threads")
+        for name in ("images_per_call", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not 1 <= value <= 1024):
+                raise InvalidInput(f"must be between 1 and 1024, got {value!r}", field=name)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
@@ -82,7 +93,7 @@ class Tuning:
             raw = environ.get(f"{ENV_PREFIX}_{suffix}", "").strip().lower()
             if not raw:
                 continue
-            if field in ("decode_chunk_size", "threads"):
+            if field in INTEGER_FIELDS:
                 if raw == "auto":
                     continue
                 try:
@@ -123,6 +134,7 @@ class Tuning:
             channels_last=switch(self.channels_last, cuda),
             decode_chunk_size=self.decode_chunk_size
             or (CUDA_DECODE_CHUNK_SIZE if cuda else CPU_DECODE_CHUNK_SIZE),
+            images_per_call=self.images_per_call or (CUDA_IMAGES_PER_CALL if cuda else CPU_IMAGES_PER_CALL),
             threads=self.threads or (None if cuda else cpu_quota_threads()),
         )
 
@@ -136,6 +148,7 @@ class AppliedTuning:
     forward_chunking: bool
     channels_last: bool
     decode_chunk_size: int
+    images_per_call: int
     threads: int | None  # None: leave torch's own choice
 
     def as_dict(self) -> dict[str, Any]:
