@@ -95,7 +95,17 @@ def run(
     if service == "image2video":
         body = {"images_path": [{"image_path": _png_base64()}], **body}
     servers = {
-        b: ServeProcess(service, model, "--max-batch-size", str(b), "--max-queue", "64", *extra_args)
+        # A batch of b requests as one pipeline call, whatever the device's default cap.
+        b: ServeProcess(
+            service,
+            model,
+            "--max-batch-size",
+            str(b),
+            "--max-queue",
+            "64",
+            *extra_args,
+            env={"OPEA_MEDIA_IMAGES_PER_CALL": str(b)},
+        )
         for b in batch_sizes
     }
     rows: list[dict[str, Any]] = []

@@ -61,7 +61,14 @@ def _batching(model: Any, batch: list[Any]) -> dict[str, Callable[[], Any]]:
         for params in batch:
             model.generate([params])
 
-    return {"one by one": one_by_one, "one call": lambda: model.generate(batch)}
+    def one_call() -> None:
+        cap, model.images_per_call = model.images_per_call, len(batch)  # all in one pipeline call
+        try:
+            model.generate(batch)
+        finally:
+            model.images_per_call = cap
+
+    return {"one by one": one_by_one, "one call": one_call}
 
 
 def _with_threads(n: int, model: Any, params: Any) -> Callable[[], Any]:
