@@ -52,7 +52,7 @@ def summarize(raw: str, seconds: float, rate: int = RATE) -> dict[str, Any]:
                 worker["waiting for work"] += n
             else:
                 worker[_short(frames[-1]) if frames else "?"] += n
-        elif frames and not frames[-1].startswith(IDLE_LEAVES):
+        elif frames and not any(leaf in frames[-1] for leaf in IDLE_LEAVES):
             busy[name][_short(frames[-1])] += n
     possible = seconds * rate
     worker_total = sum(worker.values()) or 1
