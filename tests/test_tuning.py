@@ -28,12 +28,13 @@ def test_defaults_per_device() -> None:
         "off",
         True,
         True,
-        False,
+        True,
     )
     assert not cpu.forward_chunking
     assert cpu.images_per_call == tuning.CPU_IMAGES_PER_CALL == 2
     assert Tuning().resolve("text2image", "cuda").images_per_call == tuning.CUDA_IMAGES_PER_CALL
     video = Tuning().resolve("image2video", "cpu")
+    assert not video.channels_last
     assert video.forward_chunking and video.decode_chunk_size == tuning.CPU_DECODE_CHUNK_SIZE
     assert video.guidance_split
     gpu = Tuning().resolve("image2video", "cuda")

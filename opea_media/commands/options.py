@@ -154,7 +154,7 @@ def tuning_options(task: Task) -> list[Callable[[F], F]]:
         _switch(
             "--channels-last",
             "CHANNELS_LAST",
-            "Convolution memory layout NHWC. auto: on with CUDA, off on the CPU.",
+            "Convolution memory layout NHWC. auto: on, except image2video on the CPU.",
         ),
         click.option(
             "--threads",
