@@ -50,6 +50,8 @@ FPS = Limit(1, 60)
 MOTION_BUCKET_ID = Limit(0, 1023)
 NOISE_AUG_STRENGTH = Limit(0.0, 1.0)
 DECODE_CHUNK_SIZE = Limit(1, 128)
+# Tuning counts: torch threads, text2image images per pipeline call.
+TUNING_COUNT = Limit(1, 1024)
 
 SCHEDULERS = ("default", "ddim", "euler", "euler-a", "dpm++", "pndm")
 

@@ -10,7 +10,7 @@ import click
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, ENV_PREFIX, Task
 from ..errors import InvalidInput
-from ..params import IMAGE_SIDE, SEED, STEPS, Limit
+from ..params import IMAGE_SIDE, SEED, STEPS, TUNING_COUNT, Limit
 
 if TYPE_CHECKING:
     from ..models import ModelRegistry
@@ -141,6 +141,12 @@ def _switch(name: str, variable: str, help: str) -> Callable[[F], F]:
     )
 
 
+def _count(name: str, variable: str, help: str) -> Callable[[F], F]:
+    return click.option(
+        name, type=LimitType(TUNING_COUNT), default=None, envvar=env(variable), show_envvar=True, help=help
+    )
+
+
 def tuning_options(task: Task) -> list[Callable[[F], F]]:
     """The memory/speed levers that matter for `task`; defaults in docs/performance.md."""
     common = [
@@ -156,13 +162,10 @@ def tuning_options(task: Task) -> list[Callable[[F], F]]:
             "CHANNELS_LAST",
             "Convolution memory layout NHWC. auto: on, except image2video on the CPU.",
         ),
-        click.option(
+        _count(
             "--threads",
-            type=click.IntRange(1, 1024),
-            default=None,
-            envvar=env("THREADS"),
-            show_envvar=True,
-            help="CPU threads for inference. Default: PyTorch's choice, capped at the container's CPU quota.",
+            "THREADS",
+            "CPU threads for inference. Default: PyTorch's choice, capped at the container's CPU quota.",
         ),
     ]
     if task == "image2video":
@@ -196,13 +199,10 @@ def tuning_options(task: Task) -> list[Callable[[F], F]]:
             "Decode images larger than the model's native size in tiles: bounded memory, faint seams "
             "possible. auto: on.",
         ),
-        click.option(
+        _count(
             "--images-per-call",
-            type=click.IntRange(1, 1024),
-            default=None,
-            envvar=env("IMAGES_PER_CALL"),
-            show_envvar=True,
-            help="Most images denoised in one pipeline call; more run in several calls, with the same "
+            "IMAGES_PER_CALL",
+            "Most images denoised in one pipeline call; more run in several calls, with the same "
             "pixels. Default: 2 on the CPU (bounds the peak memory), 8 with CUDA.",
         ),
         *common,

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import ENV_PREFIX, Task
 from ..errors import InvalidInput
-from ..params import DECODE_CHUNK_SIZE
+from ..params import DECODE_CHUNK_SIZE, TUNING_COUNT
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,8 @@ class Tuning:
         if self.decode_chunk_size is not None:
             DECODE_CHUNK_SIZE.check("decode_chunk_size", self.decode_chunk_size, integer=True)
         for name in ("images_per_call", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not 1 <= value <= 1024):
-                raise InvalidInput(f"must be between 1 and 1024, got {value!r}", field=name)
+            if getattr(self, name) is not None:
+                TUNING_COUNT.check(name, getattr(self, name), integer=True)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
