@@ -52,6 +52,16 @@ def _compare(
     }
 
 
+def _layout(pipe: Any, fmt: Any) -> Callable[[], None]:
+    """Switch the UNet's and VAE's convolution layout (channels_last or contiguous)."""
+
+    def go() -> None:
+        pipe.unet.to(memory_format=fmt)
+        pipe.vae.to(memory_format=fmt)
+
+    return go
+
+
 def _generate(model: Any, params: Any) -> Callable[[], Any]:
     return lambda: model.generate([params])
 
@@ -113,13 +123,10 @@ def run(*, rounds: int, quick: bool, log: Any = print) -> list[dict[str, Any]]:
     pipe = bf16.pipe
     log("levers: channels_last (CPU)")
 
-    def layout(fmt: torch.memory_format) -> Callable[[], None]:
-        return lambda: (pipe.unet.to(memory_format=fmt), pipe.vae.to(memory_format=fmt), None)[-1]
-
     results.append(
         _compare(
             "channels_last",
-            _toggle(bf16, p, layout(torch.channels_last), layout(torch.contiguous_format)),
+            _toggle(bf16, p, _layout(pipe, torch.channels_last), _layout(pipe, torch.contiguous_format)),
             rounds,
             model="random:sd21",
             dtype="bfloat16",
@@ -127,8 +134,7 @@ def run(*, rounds: int, quick: bool, log: Any = print) -> list[dict[str, Any]]:
             steps=steps,
         )
     )
-    pipe.unet.to(memory_format=torch.contiguous_format)
-    pipe.vae.to(memory_format=torch.contiguous_format)
+    _layout(pipe, torch.channels_last)()  # the default for text2image on the CPU too
 
     log("levers: attention slicing")
     results.append(
@@ -227,18 +233,11 @@ def run_cuda(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
     p = model.complete(_params(num_inference_steps=25, height=768, width=768))
     results = []
 
-    def layout(fmt: torch.memory_format) -> Callable[[], None]:
-        def go() -> None:
-            pipe.unet.to(memory_format=fmt)
-            pipe.vae.to(memory_format=fmt)
-
-        return go
-
     log("levers: channels_last (CUDA)")
     results.append(
         _compare(
             "channels_last",
-            _toggle(model, p, layout(torch.channels_last), layout(torch.contiguous_format)),
+            _toggle(model, p, _layout(pipe, torch.channels_last), _layout(pipe, torch.contiguous_format)),
             rounds,
             model="random:sd21",
             dtype="float16",
@@ -246,7 +245,7 @@ def run_cuda(*, rounds: int, log: Any = print) -> list[dict[str, Any]]:
             steps=25,
         )
     )
-    layout(torch.channels_last)()
+    _layout(pipe, torch.channels_last)()
     log("levers: micro-batching (CUDA)")
     results.append(
         _compare(
