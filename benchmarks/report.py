@@ -139,6 +139,43 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
     return []
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """Which machine the figures are from: processor, cores, memory, bf16 in hardware, versions.
+
+    Takes the `machine` of results.json; results written before a key existed print "unknown".
+    """
+    where = ", ".join(
+        f"{name} {m[key]}"
+        for name, key in (("family", "cpu_family"), ("model", "cpu_model"), ("stepping", "cpu_stepping"))
+        if m.get(key) is not None
+    )
+    cpu = f"{m['cpu']} ({where})" if where else str(m["cpu"])
+    cores = f"{m['cores']} cores"
+    if m.get("cores_usable") not in (None, m["cores"]):
+        cores += f" ({m['cores_usable']} usable)"
+    flags: dict[str, bool] | None = m.get("cpu_flags")
+
+    def has(*names: str) -> str:
+        if flags is None:
+            return "unknown"
+        return "yes" if any(flags.get(n) for n in names) else "no"
+
+    features = (
+        f"AVX2: {has('avx2')}, AVX-512: {has('avx512f')}, "
+        f"native bf16: {has('avx512_bf16', 'amx_bf16')} (AVX512-BF16: {has('avx512_bf16')}, "
+        f"AMX: {has('amx_bf16', 'amx_tile')}), torch bf16 path: {m['cpu_bf16']}"
+    )
+    return (
+        f"Machine: {cpu}, {cores}, {m['memory_gib']} GiB; {features}; CUDA: {m['cuda']}; "
+        f"Python {m['python']}, torch {m['torch']}, diffusers {m['diffusers']}, "
+        f"transformers {m['transformers']}."
+    )
+
+
+def print_machine(m: dict[str, Any]) -> None:
+    console.print(escape(machine_line(m)), soft_wrap=True)
+
+
 def print_section(section: str, data: dict[str, Any]) -> None:
     for title, header, rows in tables(section, data):
         table = Table(title=escape(title), title_justify="left")
@@ -160,9 +197,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"`{results['command']}`",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, native bf16: {m['cpu_bf16']}, "
-        f"CUDA: {m['cuda']}; Python {m['python']}, torch {m['torch']}, diffusers {m['diffusers']}, "
-        f"transformers {m['transformers']}.",
+        machine_line(m),
         "",
     ]
     for section, data in results["sections"].items():
