@@ -97,7 +97,7 @@ async def _measure(
         "model": ref,
         "size": f"{height}x{width}",
         "steps": steps,
-        "dtype": handle.placement.dtype_name,
+        "dtype": registry.placement_for("text2image").dtype_name,
         "service": samples["service"].summary(),
         "direct": samples["direct"].summary(),
         "ratio": ratios.summary(),

@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "task": args.task,
         "model": args.model,
-        "device": handle.placement.device,
-        "dtype": handle.placement.dtype_name,
-        "tuning": handle.tuning.as_dict(),
+        "device": registry.placement_for(args.task).device,
+        "dtype": registry.placement_for(args.task).dtype_name,
+        "tuning": registry.tuning_for(args.task).as_dict(),
         "threads": torch.get_num_threads(),
         "import_s": t0 - started,
         "load_s": load_s,
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if v == v  # not NaN
     )
     result["peak_total_mib"] = max(result["peak_load_mib"], result["peak_inference_mib"])
-    if handle.placement.device == "cuda":
+    if registry.placement_for(args.task).device == "cuda":
         result["cuda_peak_allocated_mib"] = max(
             max(r.get("cuda_peak_denoise_mib", 0), r.get("cuda_peak_decode_mib", 0)) for r in runs
         )

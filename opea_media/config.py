@@ -23,6 +23,9 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 DEFAULT_PORTS: dict[Task, int] = {"text2image": 9379, "image2video": 9369}
 
+# Seconds to download one image URL, redirects included (the CLI's and the services' default).
+DEFAULT_FETCH_TIMEOUT = 15.0
+
 
 def cache_root() -> Path:
     """Where opea-media keeps what it builds itself (the built-in tiny pipelines)."""

@@ -1,9 +1,12 @@
-"""Error types shared by the CLI and the server.
+"""Every error type of the CLI and the services, with its HTTP status, CLI exit code and Retry-After.
 
 Each error maps to exactly one HTTP status and one CLI exit code, here and nowhere else.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
 
 EXIT_OK = 0
 EXIT_INVALID_INPUT = 2  # the same code click uses for usage errors
@@ -11,16 +14,33 @@ EXIT_MODEL_UNAVAILABLE = 3
 EXIT_MODEL_FAILURE = 4
 EXIT_INTERRUPTED = 130
 
+# nginx's code for "the client closed the connection first": only ever seen in logs and metrics.
+CLIENT_CLOSED = 499
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
 
 class OpeaMediaError(Exception):
-    """Base class: a failure with a message written for a person."""
+    """Base class: a failure with a message written for a person.
+
+    `retry_after`: seconds after which the same request may succeed (503s); None: retrying will
+    not help. `headers`: what an HTTP answer adds besides Retry-After.
+    """
 
     http_status = 500
     exit_code = EXIT_MODEL_FAILURE
+    headers: Mapping[str, str] = _NO_HEADERS
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.retry_after = retry_after
+
+    def response_headers(self) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
 
 
 class InvalidInput(OpeaMediaError):
@@ -35,13 +55,11 @@ class InvalidInput(OpeaMediaError):
 
 
 class Unauthorized(OpeaMediaError):
+    """401 with the WWW-Authenticate header RFC 6750 asks for."""
+
     http_status = 401
     exit_code = EXIT_INVALID_INPUT
-
-
-class PayloadTooLarge(OpeaMediaError):
-    http_status = 413
-    exit_code = EXIT_INVALID_INPUT
+    headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="opea-media"'})
 
 
 class ModelUnavailable(OpeaMediaError):
@@ -51,6 +69,10 @@ class ModelUnavailable(OpeaMediaError):
     exit_code = EXIT_MODEL_UNAVAILABLE
 
 
+class ModelLoading(ModelUnavailable):
+    """The model is still loading: worth retrying shortly."""
+
+
 class ServiceBusy(OpeaMediaError):
     """The queue is full or the service is shutting down; try again later."""
 
@@ -58,11 +80,36 @@ class ServiceBusy(OpeaMediaError):
     exit_code = EXIT_MODEL_UNAVAILABLE
 
 
+class QueueFull(ServiceBusy):
+    pass
+
+
+class ShuttingDown(ServiceBusy):
+    """The service stopped admitting work; another replica (or this one, restarted) can take it."""
+
+    def __init__(
+        self, detail: str = "the service is shutting down; retry shortly", *, retry_after: int = 5
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
 class ModelFailure(OpeaMediaError):
     """Inference itself failed (including running out of memory)."""
 
     http_status = 500
     exit_code = EXIT_MODEL_FAILURE
+
+
+class OutOfMemory(ModelFailure):
+    def __init__(self) -> None:
+        super().__init__("out of memory during inference; try a smaller size, fewer images or frames")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, or torch's OutOfMemoryError (named, not imported: torch may not be loaded)."""
+    return isinstance(exc, MemoryError) or any(
+        cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__
+    )
 
 
 class DeadlineExceeded(OpeaMediaError):
@@ -73,5 +120,9 @@ class DeadlineExceeded(OpeaMediaError):
 class Cancelled(OpeaMediaError):
     """A job was interrupted (client gone, deadline passed, Ctrl-C)."""
 
-    http_status = 499
+    http_status = CLIENT_CLOSED
     exit_code = EXIT_INTERRUPTED
+
+
+class ClientGone(Cancelled):
+    """The client disconnected before its answer was ready."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, TypeVar
 
 from .errors import InvalidInput
 
@@ -19,19 +19,23 @@ class Limit:
     max: float
     multiple_of: int | None = None
 
-    def check(self, field: str, value: Any, *, integer: bool) -> None:
+    def problem(self, value: Any, *, integer: bool) -> str | None:
+        """What is wrong with `value`, in words; None when it is within the limit."""
         # bool is an int subclass: `true` is not a step count.
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            kind = "an integer" if integer else "a number"
-            raise InvalidInput(f"must be {kind}, got {value!r}", field=field)
+            return f"must be {'an integer' if integer else 'a number'}, got {value!r}"
         if not integer and not math.isfinite(value):
-            raise InvalidInput(f"must be a finite number, got {value!r}", field=field)
+            return f"must be a finite number, got {value!r}"
         if not self.min <= value <= self.max:
-            raise InvalidInput(
-                f"must be between {_fmt(self.min)} and {_fmt(self.max)}, got {value!r}", field=field
-            )
+            return f"must be between {_fmt(self.min)} and {_fmt(self.max)}, got {value!r}"
         if self.multiple_of and value % self.multiple_of:
-            raise InvalidInput(f"must be a multiple of {self.multiple_of}, got {value!r}", field=field)
+            return f"must be a multiple of {self.multiple_of}, got {value!r}"
+        return None
+
+    def check(self, field: str, value: Any, *, integer: bool) -> None:
+        problem = self.problem(value, integer=integer)
+        if problem:
+            raise InvalidInput(problem, field=field)
 
 
 def _fmt(x: float) -> str:
@@ -50,6 +54,8 @@ FPS = Limit(1, 60)
 MOTION_BUCKET_ID = Limit(0, 1023)
 NOISE_AUG_STRENGTH = Limit(0.0, 1.0)
 DECODE_CHUNK_SIZE = Limit(1, 128)
+# image2video: each image becomes one clip, run one after the other; a request stays bounded work.
+MAX_IMAGES_PER_REQUEST = 4
 # Tuning counts: torch threads, text2image images per pipeline call.
 TUNING_COUNT = Limit(1, 1024)
 
@@ -81,8 +87,8 @@ class Number:
     limit: Limit
     integer: bool
 
-    def check(self, field: str, value: Any) -> None:
-        self.limit.check(field, value, integer=self.integer)
+    def problem(self, value: Any) -> str | None:
+        return self.limit.problem(value, integer=self.integer)
 
 
 # Blank means only characters for which str.isspace() is true, spelled out so that the same
@@ -102,25 +108,30 @@ class Text:
     max_chars: int
     allow_blank: bool
 
-    def check(self, field: str, value: Any) -> None:
+    def problem(self, value: Any) -> str | None:
         if not isinstance(value, str):
-            raise InvalidInput(f"must be a string, got {type(value).__name__}", field=field)
+            return f"must be a string, got {type(value).__name__}"
         if not self.allow_blank and not re.search(NOT_BLANK_PATTERN, value):
-            raise InvalidInput("must not be empty", field=field)
+            return "must not be empty"
         if len(value) > self.max_chars:
-            raise InvalidInput(f"is {len(value)} characters long; the limit is {self.max_chars}", field=field)
+            return f"is {len(value)} characters long; the limit is {self.max_chars}"
         if not re.search(NO_NUL_PATTERN, value):
-            raise InvalidInput("must not contain NUL characters", field=field)
+            return "must not contain NUL characters"
         bad = _SURROGATE.search(value)
         if bad:
             # JSON can spell one ("\\ud800"), but it is no character: tokenizers fail on it.
-            raise InvalidInput(
-                f"is not valid Unicode: a lone surrogate {bad.group()!r} at position {bad.start()}",
-                field=field,
-            )
+            return f"is not valid Unicode: a lone surrogate {bad.group()!r} at position {bad.start()}"
+        return None
 
 
 Rule = Number | Text
+
+
+def check_rule(rule: Rule, field: str, value: Any) -> None:
+    problem = rule.problem(value)
+    if problem:
+        raise InvalidInput(problem, field=field)
+
 
 # Every checked field of each params type and its rule: __post_init__ applies them, and the
 # server's OpenAPI document is generated from them. A field whose default is None may be None.
@@ -153,7 +164,7 @@ def _check_rules(params: Any, rules: dict[str, Rule]) -> None:
         value = getattr(params, name)
         if value is None and name in optional:
             continue
-        rule.check(name, value)
+        check_rule(rule, name, value)
 
 
 def field_defaults(params_type: type) -> dict[str, Any]:
@@ -204,3 +215,19 @@ class Image2VideoParams:
 
     def __post_init__(self) -> None:
         _check_rules(self, IMAGE2VIDEO_RULES)
+
+
+P = TypeVar("P", Text2ImageParams, Image2VideoParams)
+
+
+def per_output(params: P, count: int) -> list[P]:
+    """The parameters of each of a request's `count` images (or clips), each complete on its own.
+
+    Output k gets seed image_seed(seed, k) (and text2image one image), so the parameters written
+    beside any single output remake exactly that output.
+    """
+    if params.seed is None:
+        raise ValueError("resolve the seed first")
+    seed = params.seed
+    one: dict[str, Any] = {"num_images_per_prompt": 1} if isinstance(params, Text2ImageParams) else {}
+    return [replace(params, seed=image_seed(seed, k), **one) for k in range(count)]

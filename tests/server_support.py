@@ -13,8 +13,52 @@ from typing import Any
 
 from PIL import Image
 
-from opea_media.errors import Cancelled, OpeaMediaError
-from opea_media.params import Text2ImageParams
+from opea_media.config import Task
+from opea_media.errors import Cancelled
+from opea_media.models.handle import ModelHandle
+from opea_media.params import Image2VideoParams, Text2ImageParams
+
+# OPEA's request types as GenAIComps declares them (comps/cores/proto/docarray.py), field for field.
+OPEA_SDINPUTS_FIELDS = (
+    "prompt",
+    "num_inference_steps",
+    "guidance_scale",
+    "num_images_per_prompt",
+    "seed",
+    "negative_prompt",
+    "height",
+    "width",
+    "lora_weight_name_or_path",
+)
+OPEA_IMAGE_PATH_FIELDS = ("image_path",)
+# Our image2video body: OPEA's ImagesPath plus the parameters of diffusers' SVD pipeline call.
+IMAGE2VIDEO_FIELDS = (
+    "images_path",
+    "num_frames",
+    "fps",
+    "motion_bucket_id",
+    "noise_aug_strength",
+    "decode_chunk_size",
+    "num_inference_steps",
+    "seed",
+    "height",
+    "width",
+)
+
+
+def parse_text2image(body: Any) -> Text2ImageParams:
+    from opea_media.server.validation import validate
+    from opea_media.server.wire import Text2ImageRequest
+
+    return validate(Text2ImageRequest, body).params()
+
+
+def parse_image2video(body: Any) -> tuple[list[str], Image2VideoParams]:
+    from opea_media.server.validation import validate
+    from opea_media.server.wire import Image2VideoRequest
+
+    request = validate(Image2VideoRequest, body)
+    return request.sources(), request.params()
 
 
 def png_bytes(
@@ -83,27 +127,23 @@ class GatedText2Image:
         return [[Image.new("RGB", (p.width or 64, p.height or 64), (i, 0, 0))] for i, p in enumerate(batch)]
 
 
-@dataclasses.dataclass
-class FakeHandle:
-    """What the worker needs of a models.ModelHandle: load() once, state, error, load_seconds."""
+def fake_handle(
+    model: Any,
+    *,
+    task: Task = "text2image",
+    gate: threading.Event | None = None,
+    load_error: BaseException | None = None,
+) -> ModelHandle[Any]:
+    """A real ModelHandle whose loader hands over `model` (after `gate` opens) or raises `load_error`."""
 
-    model: Any
-    ref: str = "fake"
-    state: str = "not_loaded"
-    error: str | None = None
-    load_seconds: float | None = None
-    gate: threading.Event | None = None
-    load_error: OpeaMediaError | None = None
+    def load() -> Any:
+        if gate is not None:
+            assert gate.wait(30)
+        if load_error is not None:
+            raise load_error
+        return model
 
-    def load(self) -> Any:
-        self.state = "loading"
-        if self.gate is not None:
-            assert self.gate.wait(30)
-        if self.load_error is not None:
-            self.state, self.error = "failed", self.load_error.detail
-            raise self.load_error
-        self.state, self.load_seconds = "ready", 0.01
-        return self.model
+    return ModelHandle(task, "fake", load)
 
 
 async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

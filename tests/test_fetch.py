@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from opea_media.errors import InvalidInput
-from opea_media.media.fetch import UrlPolicy, fetch_url, fetch_url_sync, forbidden_reason
+from opea_media.media.fetch import UrlPolicy, fetch_url, forbidden_reason
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 HOSTS = web.AppKey("hosts", list[str])  # the Host header of each image request
@@ -218,14 +218,6 @@ def media_plain_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-async def test_fetch_url_sync_for_the_cli(media_plain_server: str) -> None:
-    url = f"{media_plain_server}/cat.png"
-    # asyncio.run refuses to nest inside the test's loop: run it where a CLI would, in a thread.
-    assert await asyncio.to_thread(fetch_url_sync, url, PRIVATE) == PNG_BYTES
-    with pytest.raises(InvalidInput, match="loopback"):
-        await asyncio.to_thread(fetch_url_sync, url, PUBLIC_ONLY)
 
 
 async def test_missing_content_type(media_plain_server: str) -> None:

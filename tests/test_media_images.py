@@ -344,7 +344,7 @@ def test_png_compress_level_and_base64() -> None:
     image = Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], axis=-1))
     fast, small = encode_png(image, compress_level=0), encode_png(image, compress_level=9)
     assert len(fast) > len(small)
-    decoded = base64.b64decode(png_base64(image, compress_level=1))
+    decoded = base64.b64decode(png_base64(image))
     assert decoded.startswith(b"\x89PNG\r\n\x1a\n")
     assert decode_image(decoded).tobytes() == image.tobytes()
 
@@ -370,3 +370,10 @@ def test_fit_image_same_size_and_upscale() -> None:
     image = _noise(40, 30)
     assert fit_image(image, 40, 30).tobytes() == image.tobytes()
     assert fit_image(image, 400, 300).size == (400, 300)
+
+
+def test_fitting_an_image_that_already_fits_changes_nothing() -> None:
+    image = Image.new("RGB", (96, 64), (10, 20, 30))
+    fitted = fit_image(image, 64, 64)
+    assert fitted.size == (64, 64)
+    assert fit_image(fitted, 64, 64) is fitted  # the service fits once; the model's fit is then a no-op

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import struct
 import zlib
@@ -11,12 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
-from server_support import assert_error, b64, decode_png, png_bytes
+from server_support import OPEA_SDINPUTS_FIELDS, assert_error, b64, decode_png, png_bytes
 
 from opea_media.media.images import MAX_INPUT_PIXELS
 from opea_media.params import image_seed
 from opea_media.server.config import MIB
-from opea_media.server.fields import TEXT2IMAGE_FIELDS
 
 FAST = {"num_inference_steps": 2}
 
@@ -72,7 +72,7 @@ async def test_a_random_seed_is_reported(t2i: TestClient) -> None:
 
 
 async def test_opea_client_sending_every_field_as_null_is_served(t2i: TestClient) -> None:
-    request = {field: None for field in TEXT2IMAGE_FIELDS} | {"prompt": "a cat", "num_inference_steps": 2}
+    request = {field: None for field in OPEA_SDINPUTS_FIELDS} | {"prompt": "a cat", "num_inference_steps": 2}
     response = await t2i.post("/v1/text2image", json=request)
     assert response.status == 200, await response.text()
     assert len((await response.json())["images"]) == 1
@@ -343,3 +343,26 @@ async def test_each_app_has_its_own_metrics(server_client, server_tiny_t2i) -> N
     await first.get("/nope")
     second = await server_client(server_tiny_t2i)
     assert 'status="404"' not in await (await second.get("/metrics")).text()
+
+
+def _zlib_level_class(png: bytes) -> int:
+    """FLEVEL of the zlib stream in a PNG's first IDAT chunk: 0 fastest (level 0-1) ... 3 best (7-9)."""
+    offset = 8  # the PNG signature
+    while offset < len(png):
+        length = int.from_bytes(png[offset : offset + 4], "big")
+        kind = png[offset + 4 : offset + 8]
+        if kind == b"IDAT":
+            return png[offset + 9] >> 6  # the second byte of the zlib header
+        offset += 12 + length
+    raise AssertionError("no IDAT chunk")
+
+
+async def test_served_pngs_use_the_fast_response_compression_level(t2i: TestClient, i2v: TestClient) -> None:
+    from opea_media.media.images import RESPONSE_PNG_COMPRESS_LEVEL
+
+    expected = {0: 0, 1: 0, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2}.get(RESPONSE_PNG_COMPRESS_LEVEL, 3)
+    image = (await (await t2i.post("/v1/text2image", json={"prompt": "x", **FAST})).json())["images"][0]
+    clip = {"images_path": [{"image_path": b64(png_bytes())}], "num_frames": 2, **FAST}
+    frame = (await (await i2v.post("/v1/image2video", json=clip)).json())["frames"][0]
+    for served in (image, frame):
+        assert _zlib_level_class(base64.b64decode(served)) == expected

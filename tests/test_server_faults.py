@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import torch
 from aiohttp.test_utils import TestClient
-from server_support import FakeHandle, GatedText2Image, assert_error, b64, png_bytes, until
+from server_support import GatedText2Image, assert_error, b64, fake_handle, png_bytes, until
 
-from opea_media.server.state import WORKER
+from opea_media.server.keys import WORKER
 
 FAST_T2I = {"prompt": "a cat", "num_inference_steps": 2}
 FAST_I2V = {"images_path": [{"image_path": b64(png_bytes())}], "num_frames": 2, "num_inference_steps": 2}
@@ -111,7 +111,7 @@ async def test_errors_raised_outside_the_pipeline_call_are_500_too(
 ) -> None:
     model = GatedText2Image(fail=error)
     model.gate.set()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     await assert_error(await client.post("/v1/text2image", json={"prompt": "x"}), 500, fragment)
     model.fail = None
     assert (await client.post("/v1/text2image", json={"prompt": "x"})).status == 200
@@ -125,7 +125,7 @@ async def test_a_model_that_returns_too_few_results_is_a_500_not_a_dead_worker(s
 
     model = Short()
     model.gate.set()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     await assert_error(
         await client.post("/v1/text2image", json={"prompt": "x"}), 500, "the model returned 0 results for 1"
     )
@@ -167,7 +167,7 @@ async def test_a_worker_killed_while_idle_turns_unhealthy_and_answers_waiting_re
 ) -> None:
     model = GatedText2Image()
     model.gate.set()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     worker = _worker(client)
     _raise_in_thread(worker._thread, SystemExit)  # delivered when the thread next wakes up
     # This request wakes the worker, which dies at once: the request must get an answer.
@@ -182,7 +182,7 @@ async def test_a_worker_killed_inside_the_model_fails_that_request_and_keeps_ser
     server_client: Any,
 ) -> None:
     model = GatedText2Image()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     worker = _worker(client)
     running = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "running"}))
     await until(model.running.is_set)
@@ -197,7 +197,7 @@ async def test_a_bug_in_the_worker_loop_fails_running_and_queued_jobs_instead_of
     server_client: Any, monkeypatch: pytest.MonkeyPatch, quiet_worker_death: pytest.LogCaptureFixture
 ) -> None:
     model = GatedText2Image()
-    client = await server_client(FakeHandle(model), request_timeout=300)
+    client = await server_client(fake_handle(model), request_timeout=300)
     worker = _worker(client)
 
     def broken_deliver(*args: Any, **kwargs: Any) -> None:
@@ -220,11 +220,10 @@ async def test_a_bug_in_the_worker_loop_fails_running_and_queued_jobs_instead_of
 async def test_a_worker_that_dies_while_loading_reports_it_instead_of_loading_forever(
     server_client: Any, quiet_worker_death: pytest.LogCaptureFixture
 ) -> None:
-    class DiesLoading(FakeHandle):
-        def load(self) -> Any:
-            raise KeyboardInterrupt  # what a library's import might raise; not an Exception
-
-    client = await server_client(DiesLoading(GatedText2Image()), wait_ready=False)
+    # KeyboardInterrupt: what a library's import might raise; not an Exception.
+    client = await server_client(
+        fake_handle(GatedText2Image(), load_error=KeyboardInterrupt()), wait_ready=False
+    )
     await until(lambda: not _worker(client).alive)
     health = await client.get("/health")
     body = await health.json()

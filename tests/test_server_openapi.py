@@ -1,8 +1,9 @@
-"""GET /openapi.json: a valid OpenAPI 3.1 document whose fields, limits and defaults are params.py's.
+"""GET /openapi.json: a valid OpenAPI 3.1 document whose fields are OPEA's and whose limits and
+defaults are params.py's.
 
-The document is generated from the same field declarations the parser reads; these tests pin it to
-the constants in params.py (so a limit cannot change in one place only) and check, at every
-boundary it states, that the parser agrees with it.
+The document is generated from the same pydantic wire models the handlers validate with; these
+tests pin its fields to OPEA's request types, its limits to the constants in params.py (so a limit
+cannot change in one place only), and check, at every boundary it states, that validation agrees.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import jsonschema
 import pytest
 from aiohttp.test_utils import TestClient
 from openapi_spec_validator import validate
-from server_support import FakeHandle, GatedText2Image, assert_error
+from server_support import (
+    IMAGE2VIDEO_FIELDS,
+    OPEA_IMAGE_PATH_FIELDS,
+    OPEA_SDINPUTS_FIELDS,
+    GatedText2Image,
+    assert_error,
+    fake_handle,
+    parse_image2video,
+    parse_text2image,
+)
 
 from opea_media.errors import InvalidInput
 from opea_media.media.images import MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MIN_INPUT_SIDE
@@ -23,6 +33,7 @@ from opea_media.params import (
     FPS,
     GUIDANCE_SCALE,
     IMAGE_SIDE,
+    MAX_IMAGES_PER_REQUEST,
     MOTION_BUCKET_ID,
     NOISE_AUG_STRENGTH,
     NUM_FRAMES,
@@ -35,9 +46,7 @@ from opea_media.params import (
     Text2ImageParams,
 )
 from opea_media.server.config import MIB, ServerConfig
-from opea_media.server.fields import IMAGE2VIDEO_FIELDS, MAX_IMAGES_PER_REQUEST, TEXT2IMAGE_FIELDS
 from opea_media.server.openapi import openapi_document
-from opea_media.server.schemas import parse_image2video, parse_text2image
 
 # Written out here on purpose: the document must show exactly these params.py objects.
 TEXT2IMAGE_LIMITS: dict[str, tuple[Limit, bool]] = {
@@ -60,13 +69,24 @@ IMAGE2VIDEO_LIMITS: dict[str, tuple[Limit, bool]] = {
     "width": (IMAGE_SIDE, True),
 }
 SERVICES = {
-    "text2image": ("Text2ImageRequest", TEXT2IMAGE_FIELDS, TEXT2IMAGE_LIMITS, Text2ImageParams),
+    "text2image": ("Text2ImageRequest", OPEA_SDINPUTS_FIELDS, TEXT2IMAGE_LIMITS, Text2ImageParams),
     "image2video": ("Image2VideoRequest", IMAGE2VIDEO_FIELDS, IMAGE2VIDEO_LIMITS, Image2VideoParams),
 }
 
 
 def _document(service: str, **options: Any) -> dict[str, Any]:
     return openapi_document(ServerConfig(service=service, **options))  # type: ignore[arg-type]
+
+
+def _shown(schema: dict[str, Any]) -> dict[str, Any]:
+    """A nullable property's non-null branch (pydantic writes `X | None` as anyOf [X, null])."""
+    branches = [b for b in schema.get("anyOf", [schema]) if b.get("type") != "null"]
+    assert len(branches) == 1, schema
+    return {**schema, **branches[0]}
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    return any(b.get("type") == "null" for b in schema.get("anyOf", []))
 
 
 def _validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
@@ -98,18 +118,18 @@ def test_the_document_is_valid_openapi_3_1(service: str, api_key: str | None) ->
 def test_fields_limits_and_defaults_are_those_of_params(service: str) -> None:
     name, accepted, limits, params_type = SERVICES[service]
     schema = _document(service)["components"]["schemas"][name]
-    assert tuple(schema["properties"]) == accepted  # every field the parser accepts, no other
+    assert set(schema["properties"]) == set(accepted)  # every field OPEA's clients send, no other
     assert schema["additionalProperties"] is False
     defaults = {f.name: f.default for f in fields(params_type)}
     for field, (limit, integer) in limits.items():
-        shown = schema["properties"][field]
-        assert shown["type"] == ["integer" if integer else "number", "null"], field
+        shown = _shown(schema["properties"][field])
+        assert _nullable(schema["properties"][field]), field
+        assert shown["type"] == ("integer" if integer else "number"), field
         assert (shown["minimum"], shown["maximum"]) == (limit.min, limit.max), field
         assert shown.get("multipleOf") == limit.multiple_of, field
+        assert shown["default"] == defaults[field], field
         if defaults[field] is None:
-            assert "default" not in shown and "Null or absent: " in shown["description"], field
-        else:
-            assert shown["default"] == defaults[field], field
+            assert "Null or absent: " in shown["description"], field
     for number in limits:  # exactly the numeric fields of params
         assert number in accepted
 
@@ -120,8 +140,10 @@ def test_text_and_image_limits() -> None:
     assert prompt["type"] == "string" and prompt["maxLength"] == PROMPT_MAX_CHARS
     assert t2i["Text2ImageRequest"]["required"] == ["prompt"]
     negative = t2i["Text2ImageRequest"]["properties"]["negative_prompt"]
-    assert negative["type"] == ["string", "null"] and negative["maxLength"] == PROMPT_MAX_CHARS
+    assert _nullable(negative) and _shown(negative)["maxLength"] == PROMPT_MAX_CHARS
     assert t2i["Text2ImageRequest"]["properties"]["lora_weight_name_or_path"]["type"] == "null"
+    image_input = _document("image2video")["components"]["schemas"]["ImageInput"]
+    assert tuple(image_input["properties"]) == OPEA_IMAGE_PATH_FIELDS
 
     i2v = _document("image2video", max_body_bytes=3 * MIB)
     images = i2v["components"]["schemas"]["Image2VideoRequest"]["properties"]["images_path"]
@@ -138,18 +160,17 @@ def test_text_and_image_limits() -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_error_response_has_the_error_body_and_503_has_retry_after(service: str) -> None:
     document = _document(service, api_key="k")
-    responses = document["components"]["responses"]
     operation = document["paths"][f"/v1/{service}"]["post"]["responses"]
     assert set(operation) == {"200", "400", "401", "413", "415", "500", "503", "504"}
     for status, response in operation.items():
         if status == "200":
             continue
-        resolved = responses[response["$ref"].rsplit("/", 1)[1]]
-        assert resolved["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
-        assert "X-Request-ID" in resolved["headers"]
-    assert "Retry-After" in responses["Unavailable"]["headers"]
-    assert "WWW-Authenticate" in responses["Unauthorized"]["headers"]
-    error = _validator(document, "Error")
+        schema = response["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorBody"}
+        assert "X-Request-ID" in response["headers"]
+    assert "Retry-After" in operation["503"]["headers"]
+    assert "WWW-Authenticate" in operation["401"]["headers"]
+    error = _validator(document, "ErrorBody")
     error.validate({"detail": "prompt: is required", "status_code": 400})
     with pytest.raises(jsonschema.ValidationError):
         error.validate({"detail": "x", "status_code": 400, "traceback": "..."})
@@ -176,10 +197,11 @@ def test_the_parser_agrees_with_the_document_at_every_stated_boundary(service: s
     parse = parse_text2image if service == "text2image" else parse_image2video
     properties = document["components"]["schemas"][name]["properties"]
     checked = 0
-    for field, shown in properties.items():
-        if "minimum" not in shown:
+    for field, nullable in properties.items():
+        if "anyOf" not in nullable or "minimum" not in _shown(nullable):
             continue
-        integer = shown["type"][0] == "integer"
+        shown = _shown(nullable)
+        integer = shown["type"] == "integer"
         limit = Limit(shown["minimum"], shown["maximum"], shown.get("multipleOf"))
         inside, outside = _boundary_values(limit, integer)
         for value in inside:
@@ -210,7 +232,7 @@ def test_prompt_text_rules_agree_with_the_document() -> None:
 async def test_each_service_serves_its_own_document(server_client: Any) -> None:
     for service in SERVICES:
         client: TestClient = await server_client(
-            FakeHandle(GatedText2Image()), service=service, wait_ready=False, max_body_bytes=5 * MIB
+            fake_handle(GatedText2Image()), service=service, wait_ready=False, max_body_bytes=5 * MIB
         )
         response = await client.get("/openapi.json")
         assert response.status == 200 and response.content_type == "application/json"

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from server_support import OPEA_SDINPUTS_FIELDS, parse_image2video, parse_text2image
 
 from opea_media.errors import InvalidInput
-from opea_media.params import STEPS, TEXT2IMAGE_DEFAULT_STEPS, Image2VideoParams, Text2ImageParams
-from opea_media.server.fields import MAX_IMAGES_PER_REQUEST, TEXT2IMAGE_FIELDS
-from opea_media.server.schemas import parse_image2video, parse_text2image
+from opea_media.params import (
+    MAX_IMAGES_PER_REQUEST,
+    STEPS,
+    TEXT2IMAGE_DEFAULT_STEPS,
+    Image2VideoParams,
+    Text2ImageParams,
+)
 
 # Every field of OPEA's text2image request type, as a client that serialises its model sends them.
-OPEA_ALL_NULL = {field: None for field in TEXT2IMAGE_FIELDS} | {"prompt": "a red fox"}
+OPEA_ALL_NULL = {field: None for field in OPEA_SDINPUTS_FIELDS} | {"prompt": "a red fox"}
 
 
 def test_opea_request_with_every_optional_field_null_gets_the_defaults() -> None:
@@ -59,6 +64,8 @@ def test_unknown_fields_are_named() -> None:
             "num_inference_steps: must be between 1 and 150",
         ),
         ({"prompt": "x", "num_inference_steps": 2.5}, "num_inference_steps: must be an integer"),
+        ({"prompt": "x", "num_inference_steps": "2"}, "num_inference_steps: must be an integer"),
+        ({"prompt": "x", "num_inference_steps": "2"}, "num_inference_steps: must be an integer"),
         ({"prompt": "x", "num_inference_steps": float("inf")}, "num_inference_steps: must be an integer"),
         ({"prompt": "x", "num_images_per_prompt": True}, "num_images_per_prompt: must be an integer"),
         ({"prompt": "x", "height": 100}, "height: must be a multiple of 8"),

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
-from server_support import FakeHandle, GatedText2Image, assert_error, decode_png, until
+from server_support import GatedText2Image, assert_error, decode_png, fake_handle, until
 
 from opea_media.errors import ModelFailure, ModelUnavailable
 
@@ -37,7 +37,8 @@ async def metric(client: TestClient, name: str) -> float:
 
 
 async def test_loading_then_ready(server_client: ServerClient) -> None:
-    handle = FakeHandle(GatedText2Image(), gate=threading.Event())
+    gate = threading.Event()
+    handle = fake_handle(GatedText2Image(), gate=gate)
     client = await server_client(handle, wait_ready=False)
     try:
         response = await client.get("/health")
@@ -48,8 +49,7 @@ async def test_loading_then_ready(server_client: ServerClient) -> None:
         await assert_error(busy, 503, "is loading")
         assert busy.headers["Retry-After"] == "10"
     finally:
-        assert handle.gate is not None
-        handle.gate.set()
+        gate.set()
     await until(lambda: handle.state == "ready")
     assert (await client.get("/health/ready")).status == 200
 
@@ -57,7 +57,7 @@ async def test_loading_then_ready(server_client: ServerClient) -> None:
 async def test_a_failed_load_is_reported_with_its_reason(server_client: ServerClient) -> None:
     reason = "sd2-community/x is gated: accept its licence and set HF_TOKEN"
     client = await server_client(
-        FakeHandle(GatedText2Image(), load_error=ModelUnavailable(reason)), wait_ready=False
+        fake_handle(GatedText2Image(), load_error=ModelUnavailable(reason)), wait_ready=False
     )
     for _ in range(100):
         response = await client.get("/health")
@@ -93,7 +93,7 @@ async def test_queue_full_is_503_with_retry_after_and_admitted_jobs_finish(
     server_client: ServerClient,
 ) -> None:
     model = GatedText2Image()
-    client = await server_client(FakeHandle(model), max_queue=1)
+    client = await server_client(fake_handle(model), max_queue=1)
     running = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "first"}))
     await until(model.running.is_set)
     queued = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "second"}))
@@ -134,7 +134,7 @@ async def test_health_and_metrics_answer_fast_during_real_inference(
 
 
 def _running(client: TestClient) -> bool:
-    from opea_media.server.state import WORKER
+    from opea_media.server.keys import WORKER
 
     assert client.app is not None
     return client.app[WORKER].running > 0
@@ -170,7 +170,7 @@ async def test_deadline_in_the_queue_drops_the_job_without_running_it(
 ) -> None:
     caplog.set_level(logging.INFO, logger="opea_media")
     model = GatedText2Image(report_steps=False)  # the running job outlives both deadlines
-    client = await server_client(FakeHandle(model), request_timeout=0.5)
+    client = await server_client(fake_handle(model), request_timeout=0.5)
     first = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "first"}))
     await until(model.running.is_set)
     second = await client.post("/v1/text2image", json={"prompt": "second"})
@@ -209,7 +209,7 @@ async def test_a_disconnected_client_drops_its_queued_job_and_interrupts_its_run
 
 
 def _queue_depth(client: TestClient) -> int:
-    from opea_media.server.state import WORKER
+    from opea_media.server.keys import WORKER
 
     assert client.app is not None
     return client.app[WORKER].queue_depth
@@ -253,7 +253,7 @@ async def test_compatible_queued_requests_run_as_one_batch_with_their_own_seeds(
 async def test_model_failures_are_500_without_library_text(server_client: ServerClient) -> None:
     leaky = GatedText2Image(fail=RuntimeError("CUDA error at /home/builder/secret/kernel.cu:42"))
     leaky.gate.set()
-    client = await server_client(FakeHandle(leaky))
+    client = await server_client(fake_handle(leaky))
     body = await assert_error(
         await client.post("/v1/text2image", json={"prompt": "x"}), 500, "see the service log"
     )
@@ -261,7 +261,7 @@ async def test_model_failures_are_500_without_library_text(server_client: Server
 
     oom = GatedText2Image(fail=ModelFailure("out of memory during inference; try a smaller size"))
     oom.gate.set()
-    other = await server_client(FakeHandle(oom))
+    other = await server_client(fake_handle(oom))
     await assert_error(await other.post("/v1/text2image", json={"prompt": "x"}), 500, "out of memory")
     # The worker survives a failure and serves the next request.
     oom.fail = None
@@ -274,10 +274,10 @@ async def test_model_failures_are_500_without_library_text(server_client: Server
 async def test_draining_refuses_new_requests_and_waits_for_those_in_progress(
     server_client: ServerClient,
 ) -> None:
-    from opea_media.server.state import ADMISSION
+    from opea_media.server.keys import ADMISSION
 
     model = GatedText2Image()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     assert client.app is not None
     admission = client.app[ADMISSION]
     in_progress = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "first"}))
@@ -297,13 +297,33 @@ async def test_draining_refuses_new_requests_and_waits_for_those_in_progress(
 
 
 async def test_drain_gives_up_after_the_grace_period(server_client: ServerClient) -> None:
-    from opea_media.server.state import ADMISSION
+    from opea_media.server.keys import ADMISSION
 
     model = GatedText2Image()
-    client = await server_client(FakeHandle(model))
+    client = await server_client(fake_handle(model))
     assert client.app is not None
     in_progress = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "first"}))
     await until(model.running.is_set)
     assert await client.app[ADMISSION].drain(0.2) is False
     model.gate.set()
     assert (await in_progress).status == 200
+
+
+async def test_a_load_is_logged_once_and_metrics_show_the_logged_time(
+    server_client: ServerClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = threading.Event()
+    caplog.set_level(logging.INFO, logger="opea_media")
+    client = await server_client(fake_handle(GatedText2Image(), gate=gate), wait_ready=False)
+    await asyncio.sleep(0.2)  # the load takes at least this long
+    gate.set()
+    from opea_media.server.keys import WORKER
+
+    await until(lambda: client.app[WORKER].ready)
+    ready = [r for r in caplog.records if r.getMessage() == "model ready"]
+    assert len(ready) == 1
+    logged = ready[0].seconds  # type: ignore[attr-defined]
+    assert logged >= 0.2
+    text = await (await client.get("/metrics")).text()
+    shown = next(line for line in text.splitlines() if line.startswith("opea_media_model_load_seconds "))
+    assert abs(float(shown.split()[1]) - logged) < 0.001

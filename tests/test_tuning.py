@@ -133,10 +133,10 @@ def test_auto_dtype() -> None:
 def test_registry_picks_the_dtype_per_task(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tuning, "cpu_supports_bf16", lambda: False)
     registry = ModelRegistry(device="cpu", cache_dir=cache_dir)
-    assert registry.handle("text2image", "tiny").placement.dtype is torch.float32
-    assert registry.handle("image2video", "tiny").placement.dtype is torch.bfloat16
+    assert registry.placement_for("text2image").dtype is torch.float32
+    assert registry.placement_for("image2video").dtype is torch.bfloat16
     explicit = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir)
-    assert explicit.handle("image2video", "tiny").placement.dtype is torch.float32
+    assert explicit.placement_for("image2video").dtype is torch.float32
 
 
 def test_levers_reach_the_text2image_pipeline(cache_dir: Path) -> None:
@@ -268,6 +268,7 @@ def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
         "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
         "sys.meta_path.insert(0, Spy())\n"
         "import opea_media.models\n"
+        "opea_media.models.choose_placement\n"  # the first name that imports torch
     )
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import Task
-from ..errors import InvalidInput
+from ..config import DEFAULT_FETCH_TIMEOUT, Task
 from ..params import (
     DECODE_CHUNK_SIZE,
     FPS,
@@ -21,12 +21,15 @@ from ..params import (
     NOISE_AUG_STRENGTH,
     NUM_FRAMES,
     Image2VideoParams,
-    image_seed,
+    per_output,
     resolve_seed,
 )
 from .options import LimitType, ModelChoice, env, generation_options, model_choice, model_options
 from .outputs import numbered_paths
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TASK: Task = "image2video"
 
@@ -137,12 +140,10 @@ def run(
 ) -> list[Path]:
     """Write one clip per input image; returns the clip paths in input order."""
     from ..media.files import prepare_output
-    from ..media.images import decode_image
     from ..media.video import check_video_path, write_frames, write_video
 
     check_video_path(output)
-    base_seed = resolve_seed(params.seed)
-    inputs = [decode_image(read_source(src), source=src) for src in images]
+    inputs = read_images(images)
     paths = numbered_paths(output, len(inputs))
     prepare_output(output)
     if frames_dir is not None:
@@ -151,8 +152,10 @@ def run(
     reporter = Reporter(quiet=quiet)
     with reporter.status(f"Loading {model.ref}..."):
         i2v = model.registry().image2video(model.ref)
-    for k, (image, path) in enumerate(zip(inputs, paths, strict=True)):
-        clip_params = i2v.complete(dataclasses.replace(params, seed=image_seed(base_seed, k)))
+    seeded = dataclasses.replace(params, seed=resolve_seed(params.seed))
+    for k, (image, path, clip_params) in enumerate(
+        zip(inputs, paths, per_output(i2v.complete(seeded), len(inputs)), strict=True)
+    ):
         label = f"clip {k + 1}/{len(inputs)}" if len(inputs) > 1 else "animating"
         with reporter.steps(label, params.num_inference_steps) as on_step:
             clip = i2v.generate(image, clip_params, on_step=on_step)
@@ -164,21 +167,13 @@ def run(
     return paths
 
 
-def read_source(source: str) -> bytes:
-    """A local file or an http(s) URL; the person running the CLI may reach their own network."""
-    from ..media.fetch import UrlPolicy, fetch_url_sync
-    from ..media.images import MAX_INPUT_BYTES, looks_like_url
+def read_images(sources: list[str]) -> list[Image.Image]:
+    """Files or http(s) URLs (or data URIs); the person running the CLI may reach their own network."""
+    from ..media.fetch import UrlPolicy
+    from ..media.sources import load_images
 
-    if looks_like_url(source):
-        return fetch_url_sync(source, UrlPolicy(allow_private=True), field=source)
-    path = Path(source).expanduser()
-    try:
-        if path.stat().st_size > MAX_INPUT_BYTES:
-            raise InvalidInput(f"{source}: larger than the {MAX_INPUT_BYTES // 2**20} MiB input limit")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InvalidInput(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise InvalidInput(f"{source}: is a folder, not an image") from None
-    except OSError as exc:
-        raise InvalidInput(f"{source}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    policy = UrlPolicy(allow_private=True)
+    loading = load_images(
+        sources, fields=sources, policy=policy, fetch_timeout=DEFAULT_FETCH_TIMEOUT, files=True
+    )
+    return asyncio.run(loading)

@@ -20,6 +20,7 @@ from ..params import (
     TEXT2IMAGE_DEFAULT_STEPS,
     Text2ImageParams,
     image_seed,
+    per_output,
     resolve_seed,
 )
 from .options import LimitType, ModelChoice, generation_options, model_choice, model_options
@@ -130,10 +131,7 @@ def run(
         label = f"prompt {i + 1}/{len(requests)}" if len(requests) > 1 else "generating"
         with reporter.steps(label, params.num_inference_steps) as on_step:
             images = t2i.generate([request], on_step=on_step)[0]
-        for k, image in enumerate(images):
-            image_params = dataclasses.replace(
-                request, num_images_per_prompt=1, seed=image_seed(base_seed, i * num_images + k)
-            )
+        for image, image_params in zip(images, per_output(request, len(images)), strict=True):
             path = paths[len(written)]
             write_atomic(path, encode_png(image, metadata=text2image_metadata(image_params, model=model.ref)))
             written.append(path)

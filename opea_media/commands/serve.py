@@ -213,9 +213,8 @@ def run(
     """Build the config and the app, then serve until SIGTERM/SIGINT (exit 0 after draining)."""
     from aiohttp import web
 
-    from ..server.app import create_app
+    from ..server.app import create_app, listening_socket
     from ..server.config import KEEPALIVE_TIMEOUT, ServerConfig
-    from ..server.listen import listening_socket
     from ..server.logs import configure_logging
     from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
 

@@ -18,11 +18,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from .. import __version__
+from ..config import DEFAULT_FETCH_TIMEOUT
 from ..errors import InvalidInput
 from .images import MAX_INPUT_BYTES
 from .url_policy import IPAddress, UrlPolicy, forbidden_reason, normal_host, parse_ip_literal
 
-__all__ = ["UrlPolicy", "fetch_url", "fetch_url_sync", "forbidden_reason"]
+__all__ = ["UrlPolicy", "fetch_url", "forbidden_reason"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
@@ -194,7 +195,7 @@ async def fetch_url(
     policy: UrlPolicy,
     *,
     max_bytes: int = MAX_INPUT_BYTES,
-    timeout: float = 15.0,
+    timeout: float = DEFAULT_FETCH_TIMEOUT,
     max_redirects: int = 3,
     field: str = "image_path",
 ) -> bytes:
@@ -249,25 +250,3 @@ async def _fetch(
             except aiohttp.ClientError as err:
                 raise InvalidInput(f"could not fetch {shown}: {_short_reason(err)}", field=field) from err
     raise InvalidInput(f"could not fetch {shown}: more than {max_redirects} redirects", field=field)
-
-
-def fetch_url_sync(
-    url: str,
-    policy: UrlPolicy,
-    *,
-    max_bytes: int = MAX_INPUT_BYTES,
-    timeout: float = 15.0,
-    max_redirects: int = 3,
-    field: str = "image_path",
-) -> bytes:
-    """fetch_url for callers without an event loop (the CLI)."""
-    return asyncio.run(
-        fetch_url(
-            url,
-            policy,
-            max_bytes=max_bytes,
-            timeout=timeout,
-            max_redirects=max_redirects,
-            field=field,
-        )
-    )

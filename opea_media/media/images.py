@@ -245,8 +245,10 @@ def encode_png(
     return buffer.getvalue()
 
 
-def png_base64(image: Image.Image, *, compress_level: int = RESPONSE_PNG_COMPRESS_LEVEL) -> str:
-    return base64.b64encode(encode_png(image, compress_level=compress_level)).decode("ascii")
+def png_base64(image: Image.Image, metadata: dict[str, str] | None = None) -> str:
+    """A PNG for an HTTP response, as base64, at the responses' compression level."""
+    png = encode_png(image, metadata=metadata, compress_level=RESPONSE_PNG_COMPRESS_LEVEL)
+    return base64.b64encode(png).decode("ascii")
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -254,8 +256,11 @@ def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
 
     The image is scaled (LANCZOS) until it covers the target on both sides, keeping its aspect
     ratio, and the overflow is cropped equally from both edges (a centre crop). Nothing is
-    stretched and no borders are added; a differently shaped input loses its edges.
+    stretched and no borders are added; a differently shaped input loses its edges. An image that
+    already has that size is returned as it is: fitting twice costs nothing and changes nothing.
     """
     if width < 1 or height < 1:
         raise InvalidInput(f"cannot fit an image to {width}x{height} pixels")
+    if image.size == (width, height):
+        return image
     return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)

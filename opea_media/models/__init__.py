@@ -1,8 +1,13 @@
-"""Models: the only layer that imports torch, diffusers and transformers."""
+"""Models: the only layer that imports torch, diffusers and transformers, and only when a model loads.
+
+Importing this package (or `models.registry`, `models.tuning`, `models.handle`) is cheap: the CLI
+and the service build registries and read the lever policy without paying for torch.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from .sources import disable_telemetry
 from .tuning import prepare_threading
@@ -12,34 +17,33 @@ disable_telemetry()
 prepare_threading()
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from .device import Placement, choose_placement  # noqa: E402
-from .image2video import Image2VideoModel  # noqa: E402
-from .registry import LoadedModel, ModelHandle, ModelRegistry, ModelState  # noqa: E402
-from .text2image import Text2ImageModel  # noqa: E402
+from .handle import ModelHandle, ModelState  # noqa: E402
+from .registry import ModelRegistry  # noqa: E402
+
+if TYPE_CHECKING:
+    from .device import Placement, choose_placement
+    from .image2video import Image2VideoModel
+    from .text2image import Text2ImageModel
+
+_LAZY = {
+    "Placement": "device",
+    "choose_placement": "device",
+    "Image2VideoModel": "image2video",
+    "Text2ImageModel": "text2image",
+}
 
 
-def _quiet_library_progress_bars() -> None:
-    """Loading a pipeline from disk takes a second; its tqdm bars are noise on our output.
+def __getattr__(name: str) -> Any:
+    """The torch-importing names, imported on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    transformers' switch also silences huggingface_hub's download bars, which are worth seeing
-    on a first multi-GB download, so those are turned back on unless the user turned them off.
-    """
-    import diffusers.utils.logging
-    import huggingface_hub.constants
-    import huggingface_hub.utils
-    import transformers.utils.logging
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
-        huggingface_hub.utils.enable_progress_bars()
-
-
-_quiet_library_progress_bars()
 
 __all__ = [
     "Image2VideoModel",
-    "LoadedModel",
     "ModelHandle",
     "ModelRegistry",
     "ModelState",

@@ -8,13 +8,11 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelFailure, OpeaMediaError
+from ..errors import ModelFailure, OpeaMediaError, OutOfMemory
 
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
-
-_OOM_ADVICE = "out of memory during inference; try a smaller size, fewer images or frames"
 
 
 def step_callback(total: int, on_step: StepCallback | None, *, done: int = 0) -> Any:
@@ -43,7 +41,7 @@ def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
         log.exception("inference ran out of memory")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        raise ModelFailure(_OOM_ADVICE) from None
+        raise OutOfMemory() from None
     except Exception as exc:
         log.exception("inference failed")
         raise ModelFailure(f"inference failed ({type(exc).__name__}); see the log for details") from None

@@ -1,58 +1,52 @@
-"""The app factory: one service (text2image or image2video), its worker, routes and middlewares."""
+"""The app factory: one service (text2image or image2video), its worker, routes and middlewares;
+and the listening socket `serve` binds before anything else starts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from . import handlers
-from .auth import bearer_auth_middleware
+from ..models.handle import ModelHandle
+from ..models.registry import ModelRegistry
 from .config import ServerConfig
-from .jobs import ModelHandleLike
-from .logs import adopt_library_loggers
+from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .metrics import Metrics
-from .middleware import access_middleware, error_middleware
-from .model_slot import ModelSlot
+from .middleware import access_middleware, bearer_auth_middleware, error_middleware
 from .openapi import openapi_document
-from .state import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER, Admission
+from .routes import routes_for
+from .shutdown import Admission
 from .worker import InferenceWorker
 
 # How long cleanup waits for an interrupted pipeline call to reach its next step.
 WORKER_STOP_TIMEOUT = 30.0
 
-GENERATE_ROUTES = {
-    "text2image": ("/v1/text2image", handlers.text2image),
-    "image2video": ("/v1/image2video", handlers.image2video),
-}
 
+def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = None) -> web.Application:
+    """Build the service. `model_handle` replaces the registry's (tests, embedding).
 
-def _open_from_registry(config: ServerConfig) -> ModelHandleLike:
-    """Runs on the worker thread: importing torch and diffusers takes seconds; the port is open by then."""
-    from ..models import ModelRegistry
-
-    adopt_library_loggers()
-    registry = ModelRegistry(device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
-    return registry.handle(config.service, config.model_ref)
-
-
-def create_app(config: ServerConfig, *, model_handle: ModelHandleLike | None = None) -> web.Application:
-    """Build the service. `model_handle` replaces the registry lookup (tests, embedding)."""
-    model_ref = model_handle.ref if model_handle is not None else config.model_ref
-
-    def open_model() -> ModelHandleLike:
-        return model_handle if model_handle is not None else _open_from_registry(config)
-
-    metrics = Metrics(service=config.service, model=model_ref, model_ready=lambda: slot.ready)
-    slot = ModelSlot(task=config.service, model_ref=model_ref, open_model=open_model, metrics=metrics)
+    Nothing here imports torch: the handle loads the model on the worker thread, after the port is open.
+    """
+    if model_handle is None:
+        registry = ModelRegistry(device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
+        model_handle = registry.handle(config.service, config.model_ref)
+    handle = model_handle
+    metrics = Metrics(
+        service=config.service,
+        model=handle.ref,
+        model_ready=lambda: worker.ready,
+        load_seconds=lambda: handle.load_seconds,
+    )
     worker = InferenceWorker(
-        slot=slot, max_queue=config.max_queue, max_batch_size=config.max_batch_size, metrics=metrics
+        handle=handle, max_queue=config.max_queue, max_batch_size=config.max_batch_size, metrics=metrics
     )
     middlewares: list[Middleware] = [access_middleware, error_middleware]
     if config.api_key:
@@ -64,13 +58,8 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandleLike | None = N
     app[ADMISSION] = Admission(metrics)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
-    app.router.add_get("/health", handlers.health)
-    app.router.add_get("/health/live", handlers.live)
-    app.router.add_get("/health/ready", handlers.ready)
-    app.router.add_get("/metrics", handlers.metrics)
-    app.router.add_get("/openapi.json", handlers.openapi)
-    path, generate = GENERATE_ROUTES[config.service]
-    app.router.add_post(path, generate)
+    for route in routes_for(config.service):
+        app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_model_worker)
     return app
 
@@ -97,3 +86,26 @@ async def _start_io_threads(pool: ThreadPoolExecutor, count: int) -> None:
 
     loop = asyncio.get_running_loop()
     await asyncio.gather(*(loop.run_in_executor(pool, wait) for _ in range(count)))
+
+
+def listening_socket(host: str, port: int, *, backlog: int = 128) -> socket.socket:
+    """A bound, listening TCP socket for web.run_app(sock=...); OSError if the address is unusable.
+
+    Without this, aiohttp binds only after the app has started, and the model load begun at
+    start-up would have to finish before a "port in use" error could end the process.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does on POSIX
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock

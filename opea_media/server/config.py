@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_MODELS, DEFAULT_PORTS, DEVICES, DTYPES, TASKS, Task
+from ..config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MODELS, DEFAULT_PORTS, DEVICES, DTYPES, TASKS, Task
 from ..errors import InvalidInput
 
 MIB = 1024 * 1024
@@ -18,7 +18,6 @@ DEFAULT_REQUEST_TIMEOUT = 300.0
 # Several base64 images fit; aiohttp's own default (1 MiB) would refuse one photo.
 DEFAULT_MAX_BODY_BYTES = 32 * MIB
 DEFAULT_SHUTDOWN_GRACE = 30.0
-DEFAULT_FETCH_TIMEOUT = 15.0
 DEFAULT_LOG_LEVEL = "debug"  # the spec's default for the project's own loggers
 # Seconds before aiohttp closes a connection that is idle between requests or has not finished
 # sending its request headers (a slow-headers client). A slow body is bounded by request_timeout.

@@ -1,71 +1,70 @@
-"""The endpoints: health, metrics, /v1/text2image and /v1/image2video."""
+"""The endpoints: health, metrics, the OpenAPI document, /v1/text2image and /v1/image2video."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
-from PIL import Image
+from pydantic import BaseModel
 
-from ..errors import DeadlineExceeded
+from ..errors import ClientGone, DeadlineExceeded
 from ..media.fetch import UrlPolicy
-from ..media.images import encode_png, fit_image
+from ..media.images import fit_image, png_base64
+from ..media.sources import load_images
 from ..metadata import text2image_metadata
-from ..params import Image2VideoParams, Text2ImageParams, image_seed, resolve_seed
-from .errors import ClientGone
-from .inputs import load_images
-from .jobs import CLIENT_DISCONNECTED, DEADLINE, HANDLER_CANCELLED, Job, VideoRequest
+from ..params import image_seed, per_output, resolve_seed
+from .jobs import CLIENT_DISCONNECTED, DEADLINE, HANDLER_CANCELLED, Job, Payload, VideoRequest
+from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .logs import request_id_var
-from .schemas import (
-    image2video_response,
-    json_body_response,
-    parse_image2video,
-    parse_text2image,
-    read_json_object,
-    text2image_response,
+from .validation import read_json_body
+from .wire import (
+    Alive,
+    Dead,
+    Healthy,
+    Image2VideoRequest,
+    Image2VideoResponse,
+    Text2ImageRequest,
+    Text2ImageResponse,
+    Unhealthy,
 )
-from .state import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
-from .worker import LOADING_RETRY_AFTER, InferenceWorker
+from .worker import LOADING_RETRY_AFTER
 
 # How often a waiting handler looks whether its client is still connected.
 DISCONNECT_POLL_SECONDS = 0.1
-# zlib level 3 instead of Pillow's 6: a 1024x576 frame encodes ~3x faster for ~10% more bytes.
-PNG_COMPRESS_LEVEL = 3
 
 # --- health and metrics: answered on the event loop, never waiting for the model ----------------------
 
 
-def _health(app: web.Application) -> web.Response:
-    worker = app[WORKER]
-    base = {"service": worker.task, "model": worker.slot.model_ref}
-    if app[ADMISSION].draining:
-        body = {"status": "draining", "detail": "the service is shutting down", "status_code": 503, **base}
-        return web.json_response(body, status=503)
-    status = worker.status
-    if status.state == "ready":
-        return web.json_response(
-            {"status": "healthy", **base, "queue_depth": worker.queue_depth, "running": worker.running}
-        )
-    body = {"status": status.state, "detail": status.detail, "status_code": 503, **base}
-    headers = {"Retry-After": str(LOADING_RETRY_AFTER)} if status.state == "loading" else None
-    return web.json_response(body, status=503, headers=headers)
+def _json(body: BaseModel, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=body.model_dump_json(), status=status, content_type="application/json", headers=headers
+    )
 
 
 async def health(request: web.Request) -> web.Response:
     """200 once the model serves; 503 while loading, after a failed load, or while shutting down."""
-    return _health(request.app)
-
-
-async def ready(request: web.Request) -> web.Response:
-    return _health(request.app)
+    app = request.app
+    worker = app[WORKER]
+    service, model = worker.task, worker.handle.ref
+    if app[ADMISSION].draining:
+        draining = Unhealthy(
+            status="draining", detail="the service is shutting down", service=service, model=model
+        )
+        return _json(draining, status=503)
+    status = worker.status
+    if status.state == "ready":
+        return _json(
+            Healthy(service=service, model=model, queue_depth=worker.queue_depth, running=worker.running)
+        )
+    headers = {"Retry-After": str(LOADING_RETRY_AFTER)} if status.state == "loading" else None
+    unhealthy = Unhealthy(status=status.state, detail=status.detail, service=service, model=model)  # type: ignore[arg-type]
+    return _json(unhealthy, status=503, headers=headers)
 
 
 async def live(request: web.Request) -> web.Response:
@@ -75,9 +74,8 @@ async def live(request: web.Request) -> web.Response:
     """
     worker = request.app[WORKER]
     if not worker.alive:
-        body = {"status": "failed", "detail": worker.status.detail, "status_code": 503}
-        return web.json_response(body, status=503)
-    return web.json_response({"status": "alive"})
+        return _json(Dead(detail=worker.status.detail), status=503)
+    return _json(Alive())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -86,7 +84,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    """The service's OpenAPI document (openapi.py), generated from the same fields the parser reads."""
     return web.Response(body=request.app[OPENAPI], content_type="application/json", charset="utf-8")
 
 
@@ -108,8 +105,17 @@ def _client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _wait_for(request: web.Request, worker: InferenceWorker, job: Job, timeout: float) -> Any:
-    """The job's result; 504 at its deadline; a vanished client cancels it (queued or running)."""
+async def _run(request: web.Request, payload: Payload, deadline: float) -> tuple[Job, Any]:
+    """Queue the payload as a job and wait for its result; 504 at its deadline; a vanished client
+    cancels it (queued or running)."""
+    worker, timeout = request.app[WORKER], request.app[CONFIG].request_timeout
+    job = Job(
+        request_id=request_id_var.get() or "",
+        payload=payload,
+        deadline=deadline,
+        loop=asyncio.get_running_loop(),
+    )
+    worker.submit(job)
     try:
         while not job.future.done():
             remaining = job.deadline - time.monotonic()
@@ -125,101 +131,110 @@ async def _wait_for(request: web.Request, worker: InferenceWorker, job: Job, tim
         # run with handler_cancellation=True (its test server is).
         worker.cancel(job, CLIENT_DISCONNECTED if _client_gone(request) else HANDLER_CANCELLED)
         raise
-    return job.future.result()
+    return job, job.future.result()
 
 
-def _png_base64(image: Image.Image, metadata: dict[str, str] | None = None) -> str:
-    return base64.b64encode(encode_png(image, metadata=metadata, compress_level=PNG_COMPRESS_LEVEL)).decode(
-        "ascii"
-    )
+R = TypeVar("R")
 
 
-async def _encode(
-    pool: Executor, images: list[Image.Image], metadata: list[dict[str, str]] | None = None
-) -> list[str]:
-    """PNG + base64 in the app's thread pool, in parallel (zlib releases the GIL)."""
+async def _each(pool: Executor, function: Callable[..., R], *calls: tuple[Any, ...]) -> list[R]:
+    """function(*args) for each args tuple in the thread pool, in parallel (zlib and PIL release the GIL)."""
     loop = asyncio.get_running_loop()
-    tasks = [
-        loop.run_in_executor(pool, functools.partial(_png_base64, image, metadata[i] if metadata else None))
-        for i, image in enumerate(images)
-    ]
-    return list(await asyncio.gather(*tasks))
+    return list(await asyncio.gather(*(loop.run_in_executor(pool, function, *args) for args in calls)))
+
+
+async def _encoded_response(pool: Executor, body: BaseModel) -> web.Response:
+    """A 200 JSON response serialised off the event loop (a clip's frames are tens of megabytes)."""
+    text = await asyncio.get_running_loop().run_in_executor(pool, body.model_dump_json)
+    return web.Response(text=text, content_type="application/json")
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 async def text2image(request: web.Request) -> web.Response:
     app = request.app
-    config, worker = app[CONFIG], app[WORKER]
+    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
     with app[ADMISSION].admit():
         deadline = time.monotonic() + config.request_timeout
         worker.check_admission()  # before reading a byte of the body
         async with _before_deadline(deadline, config.request_timeout):
-            data = await read_json_object(request, app[IO_POOL], max_bytes=config.max_body_bytes)
-        parsed = parse_text2image(data)
-        params = worker.slot.model.complete(dataclasses.replace(parsed, seed=resolve_seed(parsed.seed)))
-        job = Job(
-            request_id=request_id_var.get() or "",
-            payload=params,
-            deadline=deadline,
-            loop=asyncio.get_running_loop(),
+            body = await read_json_body(request, Text2ImageRequest, pool, max_bytes=config.max_body_bytes)
+        requested = body.params()
+        params = worker.model.complete(dataclasses.replace(requested, seed=resolve_seed(requested.seed)))
+        job, images = await _run(request, params, deadline)
+        model = worker.handle.ref
+        # The same PNG text chunks the CLI writes: each image can be made again on its own.
+        own = per_output(params, len(images))
+        encoded = await _each(
+            pool,
+            png_base64,
+            *((image, text2image_metadata(p, model=model)) for image, p in zip(images, own, strict=True)),
         )
-        worker.submit(job)
-        images: list[Image.Image] = await _wait_for(request, worker, job, config.request_timeout)
-        metadata = [_image_metadata(params, k, worker.slot.model_ref) for k in range(len(images))]
-        encoded = await _encode(app[IO_POOL], images, metadata)
-        payload = text2image_response(params, encoded, job=job, model=worker.slot.model_ref)
-        return await json_body_response(payload, app[IO_POOL])
-
-
-def _image_metadata(params: Text2ImageParams, index: int, model: str) -> dict[str, str]:
-    """The same PNG text chunks the CLI writes: each image can be made again on its own."""
-    assert params.seed is not None
-    own = dataclasses.replace(params, num_images_per_prompt=1, seed=image_seed(params.seed, index))
-    return text2image_metadata(own, model=model)
+        assert params.seed is not None and params.width and params.height
+        seconds = job.inference_seconds or 0.0
+        response = Text2ImageResponse(
+            images=encoded,
+            message=f"Generated {_count(len(encoded), 'image')} in {seconds:.2f} s",
+            seed=params.seed,
+            seeds=[p.seed for p in own if p.seed is not None],
+            model=model,
+            width=params.width,
+            height=params.height,
+            num_inference_steps=params.num_inference_steps,
+            guidance_scale=params.guidance_scale,
+            queue_seconds=_rounded(job.queue_seconds),
+            inference_seconds=_rounded(job.inference_seconds),
+        )
+        return await _encoded_response(pool, response)
 
 
 async def image2video(request: web.Request) -> web.Response:
     app = request.app
-    config, worker = app[CONFIG], app[WORKER]
+    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
     with app[ADMISSION].admit():
         deadline = time.monotonic() + config.request_timeout
         worker.check_admission()
         policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with _before_deadline(deadline, config.request_timeout):
-            data = await read_json_object(request, app[IO_POOL], max_bytes=config.max_body_bytes)
-            sources, parsed = parse_image2video(data)
+            body = await read_json_body(request, Image2VideoRequest, pool, max_bytes=config.max_body_bytes)
+            sources = body.sources()
+            fields = [f"images_path[{i}].image_path" for i in range(len(sources))]
             images = await load_images(
-                sources, policy=policy, fetch_timeout=config.fetch_timeout, pool=app[IO_POOL]
+                sources, fields=fields, policy=policy, fetch_timeout=config.fetch_timeout, pool=pool
             )
-        seed = resolve_seed(parsed.seed)
-        clip_params = tuple(
-            worker.slot.model.complete(dataclasses.replace(parsed, seed=image_seed(seed, k)))
-            for k in range(len(images))
+        requested = body.params()
+        seed = resolve_seed(requested.seed)
+        clip_params = per_output(
+            worker.model.complete(dataclasses.replace(requested, seed=seed)), len(images)
         )
-        video = VideoRequest(tuple(await _fit(app[IO_POOL], images, clip_params)), clip_params)
-        job = Job(
-            request_id=request_id_var.get() or "",
-            payload=video,
-            deadline=deadline,
-            loop=asyncio.get_running_loop(),
+        # Fit each upload to its clip now (the model then has nothing left to fit): a queued job
+        # holds a clip-sized image, not 16 megapixels.
+        fitted = await _each(
+            pool, fit_image, *((im, p.width, p.height) for im, p in zip(images, clip_params, strict=True))
         )
-        worker.submit(job)
-        clips: list[list[Image.Image]] = await _wait_for(request, worker, job, config.request_timeout)
-        encoded = await _encode(app[IO_POOL], [frame for clip in clips for frame in clip])
-        per_clip, start = [], 0
-        for clip in clips:
-            per_clip.append(encoded[start : start + len(clip)])
-            start += len(clip)
-        payload = image2video_response(video, per_clip, seed=seed, job=job, model=worker.slot.model_ref)
-        return await json_body_response(payload, app[IO_POOL])
-
-
-async def _fit(
-    pool: Executor, images: list[Image.Image], params: tuple[Image2VideoParams, ...]
-) -> list[Image.Image]:
-    """Fit each upload to its clip size now: a queued job then holds a clip-sized image, not 16 megapixels."""
-    loop = asyncio.get_running_loop()
-    tasks = []
-    for image, p in zip(images, params, strict=True):
-        assert p.width and p.height
-        tasks.append(loop.run_in_executor(pool, fit_image, image, p.width, p.height))
-    return list(await asyncio.gather(*tasks))
+        job, clips = await _run(request, VideoRequest(tuple(fitted), tuple(clip_params)), deadline)
+        frames = await _each(pool, png_base64, *((frame,) for clip in clips for frame in clip))
+        first, seconds = clip_params[0], job.inference_seconds or 0.0
+        assert first.width and first.height
+        what = f"{_count(len(clips), 'clip')} ({len(frames)} frames)"
+        response = Image2VideoResponse(
+            frames=frames,
+            message=f"Generated {what} in {seconds:.2f} s",
+            frames_per_clip=[len(clip) for clip in clips],
+            fps=first.fps,
+            seed=seed,
+            seeds=[image_seed(seed, k) for k in range(len(clips))],
+            model=worker.handle.ref,
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            queue_seconds=_rounded(job.queue_seconds),
+            inference_seconds=_rounded(job.inference_seconds),
+        )
+        return await _encoded_response(pool, response)

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
@@ -20,15 +20,6 @@ CLIENT_DISCONNECTED = "client_disconnected"
 DEADLINE = "deadline"
 SHUTDOWN = "shutdown"
 HANDLER_CANCELLED = "handler_cancelled"
-
-
-class ModelHandleLike(Protocol):
-    """What the worker needs of a model handle; models.ModelHandle is one, test fakes are others."""
-
-    ref: str
-    load_seconds: float | None
-
-    def load(self) -> Any: ...
 
 
 @dataclass(frozen=True)

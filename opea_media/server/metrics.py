@@ -82,7 +82,15 @@ class CudaMemoryCollector(Collector):
 class Metrics:
     """Every metric the service exports; one instance per app."""
 
-    def __init__(self, *, service: str, model: str, model_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        model: str,
+        model_ready: Callable[[], bool],
+        load_seconds: Callable[[], float | None],
+    ) -> None:
+        """`model_ready` and `load_seconds` are read at each scrape from the model's one state."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.model_info = Gauge(
@@ -92,9 +100,11 @@ class Metrics:
         self.model_ready = Gauge(
             "opea_media_model_ready", "1 once the model is loaded and serving.", registry=r
         )
+        self.model_ready.set_function(lambda: float(model_ready()))
         self.model_load_seconds = Gauge(
-            "opea_media_model_load_seconds", "How long loading the model took.", registry=r
+            "opea_media_model_load_seconds", "How long loading the model took (0 until loaded).", registry=r
         )
+        self.model_load_seconds.set_function(lambda: load_seconds() or 0.0)
         self.requests = Counter(
             "opea_media_http_requests",
             "HTTP requests by endpoint, method and status (success/failure rate).",

@@ -1,21 +1,23 @@
-"""Request ids and access logs around every request, and the one error middleware."""
+"""Around every request: its id and access log, the one error middleware, the API key."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import re
 import time
 import uuid
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
-from ..errors import Cancelled, OpeaMediaError
+from ..errors import CLIENT_CLOSED, Cancelled, OpeaMediaError, Unauthorized
 from .config import MIB
-from .errors import CLIENT_CLOSED, error_response
+from .keys import CONFIG, METRICS
 from .logs import request_id_var
-from .state import CONFIG, METRICS
+from .wire import ErrorBody
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("opea_media.access")
@@ -25,6 +27,12 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes every few seconds would drown the access log at info.
 _QUIET_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+
+
+def error_response(status: int, detail: str, *, headers: dict[str, str] | None = None) -> web.Response:
+    """The spec's error body, `{"detail": ..., "status_code": N}`, with the same status."""
+    body = ErrorBody(detail=detail, status_code=status).model_dump_json()
+    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
 
 
 def _endpoint(request: web.Request) -> str:
@@ -105,10 +113,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.info("request cancelled: %s", exc.detail)
         return web.Response(status=CLIENT_CLOSED)
     except OpeaMediaError as exc:
-        headers = dict(getattr(exc, "headers", {}))
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
+        headers = exc.response_headers()
         if exc.http_status >= 500:
             # 503s (loading, busy) are routine; a failed or late inference is worth a warning.
             level = logging.INFO if exc.http_status == 503 else logging.WARNING
@@ -122,3 +127,33 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             500, "internal error; the service log has the details under this request's X-Request-ID"
         )
+
+
+# --- the API key ------------------------------------------------------------------------------------
+
+PROTECTED_PREFIX = "/v1/"  # health, metrics and the OpenAPI document stay open for probes and scrapers
+
+
+def protected(path: str) -> bool:
+    return path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")
+
+
+def bearer_auth_middleware(api_key: str) -> Middleware:
+    """Require `Authorization: Bearer <api_key>` on every /v1 path, known or not."""
+    expected = _digest(api_key)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if protected(request.path):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            # Digests of equal length, compared in constant time: the time taken tells neither how
+            # much of a guessed key was right nor how long the real key is.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(token.strip()), expected):
+                raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
+        return await handler(request)
+
+    return middleware
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()

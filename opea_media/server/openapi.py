@@ -1,120 +1,115 @@
 """The service's OpenAPI 3.1 document, served at GET /openapi.json.
 
-Generated, never written by hand: request fields from fields.py, their limits, defaults and text
-rules from params.py, image limits from media/images.py (the schemas: openapi_schemas.py), the body
-limit, timeout and authentication from the service's ServerConfig. Change a limit there and this
-document follows.
+Generated, never written by hand: the paths from the route table (routes.py), the bodies' JSON
+Schemas from the pydantic wire models (wire.py, whose limits are params.py's), the body limit,
+timeout and authentication from the service's ServerConfig.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
 from .. import __version__
 from .config import MIB, ServerConfig
-from .openapi_schemas import component_schemas, ref
+from .middleware import protected
+from .routes import JSON, Answer, Route, routes_for
+from .wire import ErrorBody
 
 OPENAPI_VERSION = "3.1.0"
-JSON = "application/json"
-
-GENERATE_PATHS = {"text2image": "/v1/text2image", "image2video": "/v1/image2video"}
 _TITLES = {
     "text2image": "opea-media text2image (Stable Diffusion)",
     "image2video": "opea-media image2video (Stable Video Diffusion)",
 }
+_SCHEMAS = "#/components/schemas/{model}"
 
 
-def _error(description: str, *, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _error_descriptions(config: ServerConfig) -> dict[int, str]:
+    """What each error status means, once for every route that may answer it."""
     return {
-        "description": description,
-        "headers": {"X-Request-ID": ref("headers", "RequestId"), **(headers or {})},
-        "content": {JSON: {"schema": ref("schemas", "Error")}},
+        400: "Bad input: malformed JSON, NaN or Infinity, an unknown field, a field of the wrong type "
+        "or out of its limits, an unusable image or a refused URL. The detail names the field.",
+        401: "An API key is configured and 'Authorization: Bearer <key>' is missing or wrong.",
+        413: f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes).",
+        415: "The body was not sent as Content-Type: application/json.",
+        500: "Inference failed: out of memory, or a library error (the log has it under X-Request-ID).",
+        503: "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
+        "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
+        504: f"The request took longer than the {config.request_timeout:g} s request timeout, counted "
+        "from arrival (body, image downloads, queue and inference).",
     }
 
 
-def _responses(config: ServerConfig) -> dict[str, Any]:
-    retry_after = {"Retry-After": ref("headers", "RetryAfter")}
+def _response(answer: Answer) -> dict[str, Any]:
+    headers: dict[str, Any] = {"X-Request-ID": _ref("headers", "RequestId")}
+    if answer.retry_after:
+        headers["Retry-After"] = _ref("headers", "RetryAfter")
+    schema = {"type": "string"} if answer.media_type != JSON else {"type": "object"}
+    if answer.body is not None:
+        schema = {"$ref": _SCHEMAS.format(model=answer.body.__name__)}
     return {
-        "BadRequest": _error(
-            "Bad input: malformed JSON, NaN or Infinity, an unknown field, a field of the wrong type "
-            "or out of its limits, an unusable image or a refused URL. The detail names the field."
-        ),
-        "Unauthorized": _error(
-            "An API key is configured and 'Authorization: Bearer <key>' is missing or wrong.",
-            headers={"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
-        ),
-        "PayloadTooLarge": _error(
-            f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes)."
-        ),
-        "UnsupportedMediaType": _error("The body was not sent as Content-Type: application/json."),
-        "InferenceFailed": _error(
-            "Inference failed: out of memory, or a library error (the log has it under X-Request-ID)."
-        ),
-        "Unavailable": _error(
-            "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
-            "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
-            headers=retry_after,
-        ),
-        "Timeout": _error(
-            f"The request took longer than the {config.request_timeout:g} s request timeout, counted "
-            "from arrival (body, image downloads, queue and inference)."
-        ),
+        "description": answer.description,
+        "headers": headers,
+        "content": {answer.media_type: {"schema": schema}},
     }
 
 
-def _ok(description: str, schema: dict[str, Any], media_type: str = JSON) -> dict[str, Any]:
-    return {
-        "description": description,
-        "headers": {"X-Request-ID": ref("headers", "RequestId")},
-        "content": {media_type: {"schema": schema}},
-    }
-
-
-def _health_operation(operation_id: str, summary: str) -> dict[str, Any]:
-    unavailable = _ok("Not serving: loading, failed to load, or draining.", ref("schemas", "Unhealthy"))
-    unavailable["headers"]["Retry-After"] = ref("headers", "RetryAfter")
-    return {
-        "get": {
-            "operationId": operation_id,
-            "summary": summary,
-            "responses": {"200": _ok("The model serves.", ref("schemas", "Healthy")), "503": unavailable},
-        }
-    }
-
-
-def _generate_operation(config: ServerConfig) -> dict[str, Any]:
-    name = "Text2Image" if config.service == "text2image" else "Image2Video"
-    responses: dict[str, Any] = {
-        "200": _ok("The result.", ref("schemas", f"{name}Response")),
-        "400": ref("responses", "BadRequest"),
-        "413": ref("responses", "PayloadTooLarge"),
-        "415": ref("responses", "UnsupportedMediaType"),
-        "500": ref("responses", "InferenceFailed"),
-        "503": ref("responses", "Unavailable"),
-        "504": ref("responses", "Timeout"),
-    }
+def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
+    errors = _error_descriptions(config)
+    statuses = list(route.errors)
+    secured = bool(config.api_key) and protected(route.path)
+    if secured:
+        statuses.append(401)
+    responses: dict[str, Any] = {str(status): _response(answer) for status, answer in route.answers.items()}
+    for status in sorted(statuses):
+        error = Answer(errors[status], ErrorBody, retry_after=status == 503)
+        responses[str(status)] = _response(error)
+        if status == 401:
+            responses["401"]["headers"]["WWW-Authenticate"] = {"schema": {"type": "string"}, "required": True}
     operation: dict[str, Any] = {
-        "operationId": config.service,
-        "summary": "Generate images from a prompt" if name == "Text2Image" else "Animate images into clips",
-        "requestBody": {
+        "operationId": route.operation_id,
+        "summary": route.summary,
+        "responses": responses,
+    }
+    if route.request is not None:
+        operation["requestBody"] = {
             "required": True,
             "description": f"A JSON object of at most {config.max_body_bytes} bytes.",
             "x-max-body-bytes": config.max_body_bytes,
-            "content": {JSON: {"schema": ref("schemas", f"{name}Request")}},
-        },
-        "responses": responses,
-    }
-    if config.api_key:
+            "content": {JSON: {"schema": {"$ref": _SCHEMAS.format(model=route.request.__name__)}}},
+        }
+    if secured:
         operation["security"] = [{"bearer": []}]
-        responses["401"] = ref("responses", "Unauthorized")
-    return {"post": operation}
+    return operation
+
+
+def _component_schemas(routes: list[Route]) -> dict[str, Any]:
+    requests = {route.request for route in routes if route.request is not None}
+    answers = {a.body for route in routes for a in route.answers.values() if a.body is not None} | {ErrorBody}
+    models: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(requests, key=_name)]
+    models += [(m, "serialization") for m in sorted(answers, key=_name)]
+    _, schemas = models_json_schema(models, ref_template=_SCHEMAS)
+    return dict(sorted(schemas.get("$defs", {}).items()))
+
+
+def _name(model: type[BaseModel]) -> str:
+    return model.__name__
 
 
 def openapi_document(config: ServerConfig) -> dict[str, Any]:
-    """The document of the service `config` describes (its one generate path, health, metrics)."""
+    """The document of the service `config` describes (its generate path, health, metrics)."""
+    routes = routes_for(config.service)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, config)
     components: dict[str, Any] = {
-        "schemas": component_schemas(config),
-        "responses": _responses(config),
+        "schemas": _component_schemas(routes),
         "headers": {
             "RequestId": {
                 "description": "The request's id; a caller's own (1-128 of A-Z a-z 0-9 . _ : -) is kept.",
@@ -134,39 +129,11 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
             "title": _TITLES[config.service],
             "version": __version__,
             "description": (
-                'Every error has the body {"detail": "...", "status_code": N} (schema Error) with '
+                'Every error has the body {"detail": "...", "status_code": N} (schema ErrorBody) with '
                 "the same HTTP status, unknown paths (404) and undeclared methods (405, with Allow) "
                 "included."
             ),
         },
-        "paths": {
-            GENERATE_PATHS[config.service]: _generate_operation(config),
-            "/health": _health_operation("health", "Readiness: 200 once the model serves"),
-            "/health/ready": _health_operation("ready", "The same as /health"),
-            "/health/live": {
-                "get": {
-                    "operationId": "live",
-                    "summary": "Liveness: 200 while the process can serve; 503 once its worker thread died",
-                    "responses": {
-                        "200": _ok("The process runs.", ref("schemas", "Alive")),
-                        "503": _ok("The worker thread died: restart the process.", ref("schemas", "Dead")),
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": _ok("Prometheus text format.", {"type": "string"}, "text/plain")},
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "operationId": "openapi",
-                    "summary": "This document",
-                    "responses": {"200": _ok("OpenAPI 3.1.", {"type": "object"})},
-                }
-            },
-        },
+        "paths": paths,
         "components": components,
     }

@@ -1,17 +1,58 @@
-"""SIGTERM / SIGINT: stop admitting (503), let requests in progress finish within the grace period, exit 0."""
+"""The drain gate, and SIGTERM / SIGINT: stop admitting (503), let requests in progress finish
+within the grace period, exit 0."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from .state import ADMISSION, CONFIG, WORKER
+from ..errors import ShuttingDown
+from .keys import ADMISSION, CONFIG, WORKER
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class Admission:
+    """Counts generation requests in progress and turns new ones away once draining."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.draining:
+            raise ShuttingDown()
+        self.in_flight += 1
+        self._idle.clear()
+        self._metrics.requests_in_progress.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self._metrics.requests_in_progress.set(self.in_flight)
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> bool:
+        """Stop admitting, then wait up to `grace` seconds for requests in progress; True if all ended."""
+        self.draining = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            return False
+        return True
+
 
 # After the drain, what aiohttp may still spend writing the last responses and closing connections.
 CLOSE_TIMEOUT = 5.0

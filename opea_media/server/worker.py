@@ -12,38 +12,50 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Cancelled, DeadlineExceeded, ModelFailure, ModelUnavailable, OpeaMediaError
-from .errors import ModelLoading, QueueFull, ShuttingDown
+from ..errors import (
+    Cancelled,
+    DeadlineExceeded,
+    ModelFailure,
+    ModelLoading,
+    ModelUnavailable,
+    OpeaMediaError,
+    OutOfMemory,
+    QueueFull,
+    ShuttingDown,
+    is_out_of_memory,
+)
+from ..models.handle import ModelHandle, ModelState
 from .jobs import DEADLINE, RUNNERS, SHUTDOWN, Job
+from .logs import adopt_library_loggers
 from .metrics import Metrics
-from .model_slot import ModelSlot, ModelStatus
 
 log = logging.getLogger(__name__)
 
 LOADING_RETRY_AFTER = 10  # seconds: a model loads in seconds (cached) to minutes (downloading)
 _MAX_RETRY_AFTER = 600
-_OUT_OF_MEMORY = "out of memory during inference; try a smaller size, fewer images or frames"
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, or torch's OutOfMemoryError (named, not imported: this layer never imports torch)."""
-    return isinstance(exc, MemoryError) or any(
-        cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__
-    )
+@dataclass(frozen=True)
+class Status:
+    state: str  # "loading" | "ready" | "failed"
+    detail: str
 
 
 class InferenceWorker:
-    """Owns the model and its queue; the event loop only submits and cancels jobs."""
+    """Runs the model's handle and its queue; the event loop only submits and cancels jobs."""
 
-    def __init__(self, *, slot: ModelSlot, max_queue: int, max_batch_size: int, metrics: Metrics) -> None:
-        self.slot = slot
-        self.task = slot.task
+    def __init__(
+        self, *, handle: ModelHandle[Any], max_queue: int, max_batch_size: int, metrics: Metrics
+    ) -> None:
+        self.handle = handle
+        self.task = handle.task
         self._max_queue = max_queue
-        self._max_batch_size = max_batch_size if slot.task == "text2image" else 1
+        self._max_batch_size = max_batch_size if handle.task == "text2image" else 1
         self._metrics = metrics
-        self._run_batch = RUNNERS[slot.task]
+        self._run_batch = RUNNERS[handle.task]
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []  # inside the pipeline call now
         self._batch: list[Job] = []  # taken from the queue and not yet answered
@@ -53,7 +65,7 @@ class InferenceWorker:
         self._seconds_per_job: float | None = None  # moving average, for Retry-After
         # Set once if the thread ever ends by surprise: the service then stays up but refuses work.
         self.failure: str | None = None
-        self._thread = threading.Thread(target=self._main, name=f"opea-media-{slot.task}-worker", daemon=True)
+        self._thread = threading.Thread(target=self._main, name=f"opea-media-{self.task}-worker", daemon=True)
 
     # --- called from the event loop -------------------------------------------------------------
 
@@ -69,11 +81,22 @@ class InferenceWorker:
         return len(self._running)
 
     @property
-    def status(self) -> ModelStatus:
+    def status(self) -> Status:
         """The model's state as health checks report it; "failed" too once the worker thread died."""
         if self.failure is not None:
-            return ModelStatus("failed", self.failure)
-        return self.slot.status
+            return Status("failed", self.failure)
+        state = self.handle.state
+        # Not loaded yet: the thread is about to start loading it.
+        return Status("loading" if state is ModelState.NOT_LOADED else state.value, self.handle.detail)
+
+    @property
+    def ready(self) -> bool:
+        return self.failure is None and self.handle.state is ModelState.READY
+
+    @property
+    def model(self) -> Any:
+        """The loaded model; ModelUnavailable before that."""
+        return self.handle.get()
 
     @property
     def alive(self) -> bool:
@@ -144,9 +167,12 @@ class InferenceWorker:
 
     def _main(self) -> None:
         try:
-            model = self.slot.load()
-            if model is None:
-                return
+            try:
+                model = self.handle.load()
+            except OpeaMediaError:
+                return  # the handle keeps the reason; health checks and every 503 report it
+            finally:
+                adopt_library_loggers()  # diffusers and transformers are imported by now
             while True:
                 batch = self._next_batch()
                 if batch is None:
@@ -159,7 +185,7 @@ class InferenceWorker:
 
     def _died(self, exc: BaseException) -> None:
         """The thread is ending by surprise: fail every waiting job and report it, never hang silently."""
-        what = "loading the model" if not self.slot.ready else "serving"
+        what = "serving" if self.handle.state is ModelState.READY else "loading the model"
         self.failure = (
             f"the inference worker stopped unexpectedly while {what} ({type(exc).__name__}); "
             "restart the service (the log has the details)"
@@ -172,7 +198,6 @@ class InferenceWorker:
             self._queue.clear()
         self._metrics.queue_depth.set(0)
         self._metrics.inference_in_progress.set(0)
-        self._metrics.model_ready.set(0)
         for job in running:  # a job answered already keeps its answer: settling twice is a no-op
             job.settle(error=ModelFailure(f"{self.failure}; this request was running"))
         for job in queued:
@@ -244,8 +269,8 @@ class InferenceWorker:
             # SystemExit or KeyboardInterrupt from a library (signals never reach this thread) fails
             # this batch like any error; the thread goes on serving.
             log.exception("inference failed", extra={"request_ids": [j.request_id for j in batch]})
-            if _out_of_memory(exc):
-                error = ModelFailure(_OUT_OF_MEMORY)
+            if is_out_of_memory(exc):
+                error = OutOfMemory()
             else:
                 error = ModelFailure(
                     f"inference failed unexpectedly ({type(exc).__name__}); see the service log"

@@ -1,0 +1,21 @@
+"""Typed keys for what a service's app holds; the types are only named here, never imported."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
+    from .metrics import Metrics
+    from .shutdown import Admission
+    from .worker import InferenceWorker
+
+CONFIG: web.AppKey[ServerConfig] = web.AppKey("config")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+WORKER: web.AppKey[InferenceWorker] = web.AppKey("worker")
+ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
+IO_POOL: web.AppKey[ThreadPoolExecutor] = web.AppKey("io_pool")
+OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")  # the document, serialised once

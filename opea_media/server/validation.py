@@ -1,0 +1,206 @@
+"""How a request body becomes a wire model: JSON read and parsed under limits, each field checked
+by its params.py rule (the CLI's click types read the same ones), refusals in one line a person
+reads: `<field>: <what is wrong>`, the 400's detail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
+from pydantic import ValidationError as _ValidationError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from ..errors import InvalidInput
+from ..params import NO_NUL_PATTERN, NOT_BLANK_PATTERN, Number, Rule, Text
+
+_INVALID = "invalid"  # the error type of every refusal worded here
+
+
+def refuse(message: str) -> PydanticCustomError:
+    return PydanticCustomError(_INVALID, message)
+
+
+def json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+@dataclass(frozen=True)
+class Ruled:
+    """Annotated metadata: check a value with its params.py rule, and show the rule in the schema."""
+
+    rule: Rule
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_before_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), **self._keywords()}
+
+    def _check(self, value: Any) -> Any:
+        if value is None:
+            raise refuse("is required")  # optional fields take None before this runs
+        rule = self.rule
+        if isinstance(rule, Number) and rule.integer and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema's integer: 2.0 is the integer 2
+        problem = rule.problem(value)
+        if problem:
+            raise refuse(problem)
+        return value
+
+    def _keywords(self) -> dict[str, Any]:
+        rule = self.rule
+        if isinstance(rule, Text):
+            if rule.allow_blank:
+                return {"maxLength": rule.max_chars, "pattern": NO_NUL_PATTERN}
+            patterns = [{"pattern": NOT_BLANK_PATTERN}, {"pattern": NO_NUL_PATTERN}]
+            return {"maxLength": rule.max_chars, "minLength": 1, "allOf": patterns}
+        limit, whole = rule.limit, rule.integer
+        keywords: dict[str, Any] = {
+            "minimum": int(limit.min) if whole else limit.min,
+            "maximum": int(limit.max) if whole else limit.max,
+        }
+        if limit.multiple_of:
+            keywords["multipleOf"] = limit.multiple_of
+        return keywords
+
+
+@dataclass(frozen=True)
+class SchemaExtra:
+    """Annotated metadata: keywords the JSON Schema shows beyond what the type says."""
+
+    keywords: dict[str, Any]
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {**handler(schema), **self.keywords}
+
+
+_SHOWN_UNKNOWN = 5  # a body of 100,000 made-up keys must not make an error message of megabytes
+_SHOWN_NAME_CHARS = 60
+
+
+class Body(BaseModel):
+    """A request body: a JSON object of known fields only (unknown ones are named in the 400)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise refuse(f"must be an object, not {json_type(data)}")
+        unknown = [key for key in data if key not in cls.model_fields]
+        if unknown:
+            shown = [
+                repr(k if len(k) <= _SHOWN_NAME_CHARS else k[:_SHOWN_NAME_CHARS] + "...") for k in unknown
+            ]
+            names = ", ".join(shown[:_SHOWN_UNKNOWN])
+            if len(unknown) > _SHOWN_UNKNOWN:
+                names += f" and {len(unknown) - _SHOWN_UNKNOWN} more"
+            noun = "field" if len(unknown) == 1 else "fields"
+            raise PydanticCustomError(
+                "unknown_fields",
+                "unknown {noun} {names}; accepted fields: {accepted}",
+                {"noun": noun, "names": names, "accepted": ", ".join(cls.model_fields)},
+            )
+        return data
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def describe(error: _ValidationError) -> str:
+    """The first problem of a validation error as one line: `<field>: <what is wrong>`."""
+    first = error.errors(include_url=False)[0]
+    where = _loc(first["loc"])
+    if first["type"] == "unknown_fields":
+        ctx = first.get("ctx") or {}
+        inside = f" in {where}" if where else ""
+        return f"unknown {ctx['noun']} {ctx['names']}{inside}; accepted fields: {ctx['accepted']}"
+    if first["type"] == "missing":
+        message = "is required"
+    elif first["type"] == _INVALID:
+        message = first["msg"]
+    else:  # pydantic's own words (rare: our rules refuse first)
+        message = first["msg"][:1].lower() + first["msg"][1:]
+    return f"{where}: {message}" if where else message
+
+
+B = TypeVar("B", bound=BaseModel)
+
+
+def validate(model: type[B], data: Any) -> B:
+    """`data` as `model`, or InvalidInput naming the first field that is wrong."""
+    try:
+        return model.model_validate(data)
+    except _ValidationError as exc:
+        raise InvalidInput(describe(exc)) from None
+
+
+# --- reading a request body -------------------------------------------------------------------------
+
+JSON_CONTENT_TYPES = ("application/json",)
+INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies parse faster than a hop to the thread pool
+
+
+async def read_json_body(request: web.Request, model: type[B], pool: Executor, *, max_bytes: int) -> B:
+    """The body as `model`; 415 for another content type, 413 over max_bytes, 400 if malformed."""
+    content_type = request.content_type
+    if content_type not in JSON_CONTENT_TYPES and not content_type.endswith("+json"):
+        sent = content_type if "Content-Type" in request.headers else "no Content-Type"
+        raise web.HTTPUnsupportedMediaType(
+            text=f"send the request as JSON (Content-Type: application/json), not {sent}"
+        )
+    if request.content_length is not None and request.content_length > max_bytes:
+        # Refused before reading a byte: a client that announces 10 GB need not be waited for.
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
+    body = await request.read()  # a chunked body over the limit: aiohttp raises 413 as it arrives
+    if len(body) <= INLINE_PARSE_BYTES:
+        return validate(model, parse_json_object(body))
+    # Tens of megabytes of base64 images take a while to parse: not on the event loop.
+    return await asyncio.get_running_loop().run_in_executor(
+        pool, lambda: validate(model, parse_json_object(body))
+    )
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidInput(f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise InvalidInput("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except UnicodeDecodeError:
+        raise InvalidInput("the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise InvalidInput("the request body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than sys.get_int_max_str_digits() digits.
+        digits = sys.get_int_max_str_digits()
+        raise InvalidInput(
+            f"the request body is not valid JSON: a number has more than {digits} digits"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the request body must be a JSON object, not {json_type(data)}")
+    return data
