@@ -362,7 +362,7 @@ def test_pods_run_as_uid_1000_on_a_read_only_root(
         mounts = {m["mountPath"]: m["name"] for m in container(deployment)["volumeMounts"]}
         assert {"/data", "/tmp"} <= set(mounts)
         config = config_of(objects, deployment)
-        for variable in ("HF_HUB_CACHE", "HF_HOME", "OPEA_MEDIA_CACHE", "XDG_CACHE_HOME"):
+        for variable in ("HF_HUB_CACHE", "HF_HOME", "OPEA_MEDIA_CACHE", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"):
             assert config[variable].startswith(("/data", "/tmp")), variable
 
 
