@@ -78,16 +78,10 @@ class Stack:
     def deploy(self, **overrides: str) -> None:
         self.variables.update(overrides)
         env = {**os.environ, **self.variables}
+        # Clients from Docker 26 on wait for the services unless told not to; older ones have no flag.
+        detach = ["--detach=true"] if "--detach" in docker("stack", "deploy", "--help") else []
         docker(
-            "stack",
-            "deploy",
-            "--detach=true",
-            "--resolve-image",
-            "never",
-            "-c",
-            str(STACK_FILE),
-            self.name,
-            env=env,
+            "stack", "deploy", *detach, "--resolve-image", "never", "-c", str(STACK_FILE), self.name, env=env
         )
 
     def containers(self, service: str) -> list[str]:
@@ -137,11 +131,18 @@ class Stack:
             )
             time.sleep(1)
 
-    def dns(self, service: str) -> set[str]:
-        """What the balancer's resolver gets for a service's name: one address per healthy task."""
-        (balancer,) = self.containers("balancer")
-        out = run(["docker", "exec", balancer, "getent", "ahostsv4", service], timeout=30, check=False).stdout
-        return {line.split()[0] for line in out.splitlines() if line.strip()}
+    def dns(self, service: str, via: str) -> set[str]:
+        """What Docker's DNS on the stack's network, which nginx asks, answers for a service's name.
+
+        Asked from inside `via`, a replica (it has Python; the nginx images differ in their tools).
+        """
+        probe = (
+            "import socket; "
+            f"found = socket.getaddrinfo({service!r}, None, socket.AF_INET); "
+            "print(' '.join(sorted({a[4][0] for a in found})))"
+        )
+        done = run(["docker", "exec", via, "python", "-c", probe], timeout=30, check=False)
+        return set(done.stdout.split()) if done.returncode == 0 else set()
 
 
 def inspect_or_empty(container: str, template: str) -> str:
@@ -366,7 +367,8 @@ def test_requests_spread_over_the_replicas_and_only_healthy_ones_are_listed(stac
     replicas = stack.converged(stack.variables["OPEA_MEDIA_IMAGE"])
     addresses = {s: {stack.address(c) for c in ids} for s, ids in replicas.items()}
     for service in SERVICES:
-        assert stack.dns(service) == addresses[service], service  # Swarm's DNS: the healthy tasks
+        # Swarm's DNS: the healthy tasks.
+        assert stack.dns(service, via=replicas["image2video"][0]) == addresses[service], service
     started = time.monotonic()
     for service, limit in (("text2image", 16), ("image2video", 8)):
         seen: list[str] = []
@@ -473,7 +475,7 @@ def test_an_update_that_never_turns_healthy_gets_no_traffic_and_is_rolled_back(s
         deadline = time.monotonic() + 240
         while (state := stack.update_state("text2image")) != "rollback_completed":
             assert time.monotonic() < deadline, f"no rollback within 240 s (update state {state!r})"
-            listed |= stack.dns("text2image")
+            listed |= stack.dns("text2image", via=before["image2video"][0])
             for container in stack.containers("text2image"):
                 if container not in before["text2image"]:
                     broken.add(stack.address(container))
