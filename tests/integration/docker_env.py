@@ -42,12 +42,12 @@ WHEELS_DIR = REPO / "docker" / "wheels"
 WHEEL_SEARCH = (Path("/opt/wheels"),)
 
 
-def unavailable(reason: str) -> None:
-    """Skip with the reason shown, except in CI where the Docker tests must run."""
+def unavailable(reason: str, what: str = "Docker tests") -> None:
+    """Skip with the reason shown, except in CI where these tests must run."""
     if IN_CI:
-        pytest.fail(f"{reason}; CI=true, so the Docker tests must run, not skip", pytrace=False)
+        pytest.fail(f"{reason}; CI=true, so the {what} must run, not skip", pytrace=False)
     # A skip reason is hidden without -rs; a warning shows in every run's summary.
-    warnings.warn(f"Docker tests skipped: {reason}", stacklevel=2)
+    warnings.warn(f"{what} skipped: {reason}", stacklevel=2)
     pytest.skip(reason)
 
 
