@@ -17,8 +17,9 @@ from opea_media.cli import cli
 from opea_media.commands import animate as animate_command
 from opea_media.commands import generate_image as generate_command
 from opea_media.errors import InvalidInput
-from opea_media.models import ModelRegistry, tuning
-from opea_media.models.tuning import AppliedTuning, Tuning, apply_tuning
+from opea_media.models import ModelRegistry, pipeline_tuning, tuning
+from opea_media.models.pipeline_tuning import apply_tuning
+from opea_media.models.tuning import AppliedTuning, Tuning
 from opea_media.params import Image2VideoParams, Text2ImageParams
 
 
@@ -267,7 +268,7 @@ def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
         "        if name == 'torch':\n"
         "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
         "sys.meta_path.insert(0, Spy())\n"
-        "import opea_media.models\n"
+        "from opea_media.models import ModelRegistry\n"
     )
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True)
@@ -342,7 +343,7 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
             return (out,) if not return_dict else SimpleNamespace(sample=out)
 
     net = Net()
-    tuning.split_batch(net, 2)
+    pipeline_tuning.split_batch(net, 2)
     x = torch.arange(8.0).reshape(4, 2)
     out = net(
         x,
@@ -361,7 +362,7 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
     )
     assert [c[0] for c in calls] == [3]  # an odd batch runs whole
     calls.clear()
-    tuning.split_batch(net, 1)
+    pipeline_tuning.split_batch(net, 1)
     net(x, torch.tensor(5), encoder_hidden_states=torch.zeros(4, 3), added={"ids": torch.ones(4, 1)})
     assert [c[0] for c in calls] == [4]
 
@@ -405,8 +406,8 @@ def test_broadcast_context_reaches_attention_as_a_real_tensor() -> None:
             self.attn2 = Attention()
 
     net = torch.nn.Sequential(TemporalBasicTransformerBlock())
-    tuning.materialize_broadcast_context(net)
-    tuning.materialize_broadcast_context(net)  # idempotent: one hook
+    pipeline_tuning.materialize_broadcast_context(net)
+    pipeline_tuning.materialize_broadcast_context(net)  # idempotent: one hook
     context = torch.ones(1, 1, 8).expand(6, 1, 8)  # what SVD passes for a batch of one
     net[0].attn2(torch.zeros(6, 2, 8), encoder_hidden_states=context)
     assert seen == [(8, 8, 1)]

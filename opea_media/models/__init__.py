@@ -1,49 +1,50 @@
-"""Models: the only layer that imports torch, diffusers and transformers."""
+"""Models: the only layer that imports torch, diffusers and transformers, and only when touched.
+
+`import opea_media.models.tuning` (the levers) stays light, so the CLI builds --help from it; the
+names below import their module, and torch with it, on first use (PEP 562).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 from .sources import disable_telemetry
 from .tuning import prepare_threading
 
-# Before diffusers / huggingface_hub / torch's OpenMP read them at import time.
+# Cheap, and before diffusers / huggingface_hub / torch's OpenMP read them at import time. A front
+# door given an explicit --omp-wait-policy sets it before touching a model; "auto" changes nothing.
 disable_telemetry()
 prepare_threading()
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from .device import Placement, choose_placement  # noqa: E402
-from .image2video import Image2VideoModel  # noqa: E402
-from .registry import LoadedModel, ModelHandle, ModelRegistry, ModelState  # noqa: E402
-from .text2image import Text2ImageModel  # noqa: E402
+if TYPE_CHECKING:
+    from .device import Placement as Placement
+    from .device import choose_placement as choose_placement
+    from .image2video import Image2VideoModel as Image2VideoModel
+    from .registry import LoadedModel as LoadedModel
+    from .registry import ModelHandle as ModelHandle
+    from .registry import ModelRegistry as ModelRegistry
+    from .registry import ModelState as ModelState
+    from .text2image import Text2ImageModel as Text2ImageModel
+
+_HOMES = {
+    "Placement": "device",
+    "choose_placement": "device",
+    "Image2VideoModel": "image2video",
+    "LoadedModel": "registry",
+    "ModelHandle": "registry",
+    "ModelRegistry": "registry",
+    "ModelState": "registry",
+    "Text2ImageModel": "text2image",
+}
 
 
-def _quiet_library_progress_bars() -> None:
-    """Loading a pipeline from disk takes a second; its tqdm bars are noise on our output.
-
-    transformers' switch also silences huggingface_hub's download bars, which are worth seeing
-    on a first multi-GB download, so those are turned back on unless the user turned them off.
-    """
-    import diffusers.utils.logging
-    import huggingface_hub.constants
-    import huggingface_hub.utils
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
-        huggingface_hub.utils.enable_progress_bars()
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
 
 
-_quiet_library_progress_bars()
-
-__all__ = [
-    "Image2VideoModel",
-    "LoadedModel",
-    "ModelHandle",
-    "ModelRegistry",
-    "ModelState",
-    "Placement",
-    "Text2ImageModel",
-    "choose_placement",
-]
+__all__ = sorted(_HOMES)

@@ -13,8 +13,9 @@ from ..errors import ModelUnavailable, OpeaMediaError
 from . import sources
 from .device import Placement, choose_placement
 from .image2video import Image2VideoModel
+from .pipeline_tuning import apply_tuning
 from .text2image import Text2ImageModel
-from .tuning import AppliedTuning, Tuning, apply_tuning, auto_dtype
+from .tuning import AppliedTuning, Tuning, auto_dtype
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class ModelHandle:
     def _load(self) -> LoadedModel:
         from diffusers import DiffusionPipeline
 
+        quiet_library_progress_bars()
         source = sources.resolve(self.task, self.ref, cache_root=self._cache_dir)
         if source.kind == "preset":
             from .presets import build_preset
@@ -158,3 +160,20 @@ class ModelRegistry:
         model = self.handle("image2video", ref).load()
         assert isinstance(model, Image2VideoModel)
         return model
+
+
+def quiet_library_progress_bars() -> None:
+    """Loading a pipeline from disk takes a second; its tqdm bars are noise on our output.
+
+    transformers' switch also silences huggingface_hub's download bars, which are worth seeing
+    on a first multi-GB download, so those are turned back on unless the user turned them off.
+    """
+    import diffusers.utils.logging
+    import huggingface_hub.constants
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
+        huggingface_hub.utils.enable_progress_bars()
