@@ -112,8 +112,8 @@ class ModelHandle:
 class ModelRegistry:
     """Hands out one ModelHandle per (task, reference); nothing loads until asked.
 
-    `dtype="auto"` is chosen per task (tuning.auto_dtype); `tuning=None` reads the levers from
-    OPEA_MEDIA_* variables, so a caller without flags for them still honours the environment.
+    `dtype="auto"` is chosen per task (tuning.auto_dtype); `tuning` holds the levers as the caller
+    was given them (the commands read flags and OPEA_MEDIA_* variables), `Tuning()` by default.
     """
 
     def __init__(
@@ -126,7 +126,7 @@ class ModelRegistry:
     ) -> None:
         self.placement = choose_placement(device, dtype)
         self._dtype = dtype
-        self.tuning = tuning if tuning is not None else Tuning.from_env()
+        self.tuning = tuning or Tuning()
         self._cache_dir = cache_dir or cache_root()
         self._handles: dict[tuple[Task, str], ModelHandle] = {}
         self._lock = threading.Lock()

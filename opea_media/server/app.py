@@ -38,7 +38,9 @@ def _open_from_registry(config: ServerConfig) -> ModelHandleLike:
     from ..models import ModelRegistry
 
     adopt_library_loggers()
-    registry = ModelRegistry(device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
+    registry = ModelRegistry(
+        device=config.device, dtype=config.dtype, cache_dir=config.cache_dir, tuning=config.tuning
+    )
     return registry.handle(config.service, config.model_ref)
 
 
