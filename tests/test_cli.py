@@ -13,6 +13,7 @@ from PIL import Image
 
 from opea_media import __version__
 from opea_media.cli import cli
+from opea_media.commands.model_options import README_END, README_START, levers_markdown
 from opea_media.media.video import probe_video
 
 FAST = ["--model", "tiny", "--steps", "2", "--device", "cpu"]
@@ -271,3 +272,9 @@ def test_animate_bad_input(tmp_path: Path, still: Path, make_args, code: int, me
     result = invoke("animate", *FAST, *make_args(tmp_path, still))
     assert_clean_failure(result, code, message)
     assert set(tmp_path.iterdir()) == before
+
+
+def test_the_readme_lists_the_levers_as_help_describes_them() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    generated = readme.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    assert generated == levers_markdown(), "run: python -m opea_media.commands.model_options README.md"

@@ -86,17 +86,27 @@ def model_options(task: Task) -> Callable[[F], F]:
 def levers_markdown() -> str:
     """The README's table of --dtype and the levers: the same words as --help."""
     rows = [
-        "| flag | variable | commands | what it does; what `auto` (the default) picks |",
-        "| --- | --- | --- | --- |",
-        _row("--dtype", envvar("dtype"), TASKS, DTYPE_HELP),
-        *(_row(lever.flag, lever.envvar, lever.tasks, lever.help) for lever in LEVERS),
+        "| flag | variable | values | commands | what it does; what `auto` (the default) picks |",
+        "| --- | --- | --- | --- | --- |",
+        _row("--dtype", envvar("dtype"), _words(DTYPES), TASKS, DTYPE_HELP),
+        *(_row(lever.flag, lever.envvar, _values(lever), lever.tasks, lever.help) for lever in LEVERS),
     ]
     return "\n".join(rows)
 
 
-def _row(flag: str, variable: str, tasks: tuple[Task, ...], help: str) -> str:
+def _values(lever: Lever) -> str:
+    if lever.limit is None:
+        return _words(lever.choices)
+    return f"`auto`, {int(lever.limit.min)}-{int(lever.limit.max)}"
+
+
+def _words(choices: tuple[str, ...]) -> str:
+    return ", ".join(f"`{choice}`" for choice in choices)
+
+
+def _row(flag: str, variable: str, values: str, tasks: tuple[Task, ...], help: str) -> str:
     commands = ", ".join(f"`{COMMANDS[task]}`" for task in tasks)
-    return f"| `{flag}` | `{variable}` | {commands}, `serve` | {help} |"
+    return f"| `{flag}` | `{variable}` | {values} | {commands}, `serve` | {help} |"
 
 
 def update_readme(path: Path) -> bool:
