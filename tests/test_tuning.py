@@ -17,8 +17,9 @@ from opea_media.cli import cli
 from opea_media.commands import animate as animate_command
 from opea_media.commands import generate_image as generate_command
 from opea_media.errors import InvalidInput
-from opea_media.models import ModelRegistry, tuning
-from opea_media.models.tuning import AppliedTuning, Tuning, apply_tuning
+from opea_media.models import ModelRegistry, pipeline_tuning, tuning
+from opea_media.models.pipeline_tuning import apply_tuning
+from opea_media.models.tuning import AppliedTuning, Tuning
 from opea_media.params import Image2VideoParams, Text2ImageParams
 
 
@@ -75,28 +76,12 @@ def test_explicit_choices_win() -> None:
         ({"decode_chunk_size": 0}, "decode_chunk_size: must be between 1 and 128"),
         ({"threads": 0}, "threads: must be between 1 and 1024"),
         ({"images_per_call": 0}, "images_per_call: must be between 1 and 1024"),
+        ({"omp_wait_policy": "spin"}, "omp_wait_policy: must be one of auto, passive, active, got 'spin'"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Tuning(**kwargs)  # type: ignore[arg-type]
-
-
-def test_environment_sets_the_levers() -> None:
-    env = {
-        "OPEA_MEDIA_ATTENTION_SLICING": "MAX",
-        "OPEA_MEDIA_VAE_TILING": "off",
-        "OPEA_MEDIA_DECODE_CHUNK_SIZE": "4",
-        "OPEA_MEDIA_THREADS": "auto",
-        "OPEA_MEDIA_FORWARD_CHUNKING": "",
-        "OPEA_MEDIA_IMAGES_PER_CALL": "3",
-    }
-    assert Tuning.from_env(env) == Tuning(
-        attention_slicing="max", vae_tiling="off", decode_chunk_size=4, images_per_call=3
-    )
-    assert Tuning.from_env({}) == Tuning()
-    with pytest.raises(InvalidInput, match="OPEA_MEDIA_THREADS must be an integer or 'auto', got 'many'"):
-        Tuning.from_env({"OPEA_MEDIA_THREADS": "many"})
 
 
 def test_cpu_quota_caps_the_threads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,10 +197,10 @@ def test_flags_and_environment_reach_the_commands(monkeypatch: pytest.MonkeyPatc
             "--images-per-call",
             "4",
         ],
-        env={"OPEA_MEDIA_VAE_SLICING": "off", "OPEA_MEDIA_CHANNELS_LAST": "on"},
+        env={"OPEA_MEDIA_VAE_SLICING": "OFF", "OPEA_MEDIA_CHANNELS_LAST": "on", "OPEA_MEDIA_THREADS": "7"},
     )
     assert result.exit_code == 0, result.output
-    assert seen["model"].tuning.tuning() == Tuning(  # type: ignore[attr-defined]
+    assert seen["model"].tuning == Tuning(  # type: ignore[attr-defined]
         guidance_split="off",
         attention_slicing="on",
         vae_slicing="off",
@@ -227,16 +212,21 @@ def test_flags_and_environment_reach_the_commands(monkeypatch: pytest.MonkeyPatc
     result = runner.invoke(
         cli,
         ["animate", str(tmp_path / "in.png"), "--forward-chunking", "off"],
-        env={"OPEA_MEDIA_DECODE_CHUNK_SIZE": "4"},
+        env={
+            "OPEA_MEDIA_DECODE_CHUNK_SIZE": "4",
+            "OPEA_MEDIA_THREADS": "auto",
+            "OPEA_MEDIA_OMP_WAIT_POLICY": "active",
+        },
     )
     assert result.exit_code == 0, result.output
-    assert seen["params"].decode_chunk_size == 4  # type: ignore[attr-defined]
-    assert seen["model"].tuning.tuning() == Tuning(forward_chunking="off")  # type: ignore[attr-defined]
+    assert seen["model"].tuning == Tuning(  # type: ignore[attr-defined]
+        forward_chunking="off", decode_chunk_size=4, omp_wait_policy="active"
+    )
 
 
 def test_help_names_every_lever() -> None:
     runner = CliRunner()
-    text = runner.invoke(cli, ["generate-image", "--help"]).output
+    text = runner.invoke(cli, ["generate-image", "--help"], terminal_width=200).output
     for flag in (
         "--guidance-split",
         "--attention-slicing",
@@ -245,34 +235,99 @@ def test_help_names_every_lever() -> None:
         "--channels-last",
         "--images-per-call",
         "--threads",
+        "--omp-wait-policy",
     ):
         assert flag in text
-    text = runner.invoke(cli, ["animate", "--help"]).output
-    for flag in ("--forward-chunking", "OPEA_MEDIA_DECODE_CHUNK_SIZE", "--channels-last"):
+    assert "--forward-chunking" not in text and "--decode-chunk-size" not in text
+    text = runner.invoke(cli, ["animate", "--help"], terminal_width=200).output
+    for flag in (
+        "--forward-chunking",
+        "--decode-chunk-size",
+        "OPEA_MEDIA_DECODE_CHUNK_SIZE",
+        "--channels-last",
+    ):
         assert flag in text
+    assert "--vae-tiling" not in text
 
 
 def test_openmp_workers_sleep_unless_the_user_says_otherwise() -> None:
     env: dict[str, str] = {}
-    tuning.prepare_threading(env)
+    tuning.prepare_threading(environ=env)
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
     env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    tuning.prepare_threading(env)
+    tuning.prepare_threading(environ=env)
     assert env == {"OMP_WAIT_POLICY": "ACTIVE"}
-    # Set on import of the models layer, before torch (and with it OpenMP) is loaded.
-    code = (
-        "import os, sys\n"
-        "class Spy:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch':\n"
-        "            print(os.environ.get('OMP_WAIT_POLICY'))\n"
-        "sys.meta_path.insert(0, Spy())\n"
-        "import opea_media.models\n"
-        "opea_media.models.choose_placement\n"  # the first name that imports torch
+    tuning.prepare_threading("passive", environ=env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+# Runs the command in a fresh process and reports OMP_WAIT_POLICY at the moment torch is imported
+# (which is when OpenMP reads it), then stops there.
+_AT_TORCH_IMPORT = """
+import os, sys
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print(os.environ.get("OMP_WAIT_POLICY"), flush=True)
+            os._exit(0)
+sys.meta_path.insert(0, Spy())
+from opea_media.cli import cli
+cli(sys.argv[1:], prog_name="opea-media")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "policy"),
+    [
+        ([], {}, "PASSIVE"),
+        ([], {"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),  # a user's own setting wins over auto
+        (["--omp-wait-policy", "active"], {"OMP_WAIT_POLICY": "PASSIVE"}, "ACTIVE"),
+        ([], {"OPEA_MEDIA_OMP_WAIT_POLICY": "active"}, "ACTIVE"),
+    ],
+)
+def test_the_wait_policy_is_set_before_torch_loads(
+    tmp_path: Path, args: list[str], env: dict[str, str], policy: str
+) -> None:
+    clean = {
+        k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY" and k != "OPEA_MEDIA_OMP_WAIT_POLICY"
+    }
+    command = ["generate-image", "a cat", "-o", str(tmp_path / "cat.png"), "--model", "tiny", *args]
+    out = subprocess.run(
+        [sys.executable, "-c", _AT_TORCH_IMPORT, *command],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=120,
     )
+    assert out.stdout.split() == [policy], out.stderr
+
+
+def test_serve_sets_the_wait_policy_before_the_model_loads() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    command = [
+        "serve",
+        "--model",
+        "tiny",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        port,
+        "--omp-wait-policy",
+        "active",
+    ]
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True)
-    assert out.stdout.split() == ["PASSIVE"]
+    out = subprocess.run(
+        [sys.executable, "-c", _AT_TORCH_IMPORT, *command],
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=120,
+    )
+    assert out.stdout.split() == ["ACTIVE"], out.stderr
 
 
 def test_guidance_split_gives_the_same_pixels(cache_dir: Path) -> None:
@@ -343,7 +398,7 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
             return (out,) if not return_dict else SimpleNamespace(sample=out)
 
     net = Net()
-    tuning.split_batch(net, 2)
+    pipeline_tuning.split_batch(net, 2)
     x = torch.arange(8.0).reshape(4, 2)
     out = net(
         x,
@@ -362,7 +417,7 @@ def test_split_batch_slices_every_batched_argument_and_undoes() -> None:
     )
     assert [c[0] for c in calls] == [3]  # an odd batch runs whole
     calls.clear()
-    tuning.split_batch(net, 1)
+    pipeline_tuning.split_batch(net, 1)
     net(x, torch.tensor(5), encoder_hidden_states=torch.zeros(4, 3), added={"ids": torch.ones(4, 1)})
     assert [c[0] for c in calls] == [4]
 
@@ -406,8 +461,8 @@ def test_broadcast_context_reaches_attention_as_a_real_tensor() -> None:
             self.attn2 = Attention()
 
     net = torch.nn.Sequential(TemporalBasicTransformerBlock())
-    tuning.materialize_broadcast_context(net)
-    tuning.materialize_broadcast_context(net)  # idempotent: one hook
+    pipeline_tuning.materialize_broadcast_context(net)
+    pipeline_tuning.materialize_broadcast_context(net)  # idempotent: one hook
     context = torch.ones(1, 1, 8).expand(6, 1, 8)  # what SVD passes for a batch of one
     net[0].attn2(torch.zeros(6, 2, 8), encoder_hidden_states=context)
     assert seen == [(8, 8, 1)]

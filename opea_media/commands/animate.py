@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import DEFAULT_FETCH_TIMEOUT, Task
+from ..models.tuning import Tuning
 from ..params import (
-    DECODE_CHUNK_SIZE,
     FPS,
     IMAGE2VIDEO_DEFAULT_FPS,
     IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID,
@@ -24,7 +24,8 @@ from ..params import (
     per_output,
     resolve_seed,
 )
-from .options import LimitType, ModelChoice, env, generation_options, model_choice, model_options
+from .model_options import ModelChoice, model_options
+from .options import EnvCommand, LimitType, generation_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 TASK: Task = "image2video"
 
 
-@click.command("animate")
+@click.command("animate", cls=EnvCommand)
 @click.argument("images", nargs=-1, required=True)
 @click.option(
     "-o",
@@ -74,15 +75,6 @@ TASK: Task = "image2video"
     default=IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH,
     help="Noise added to the input image; higher lets the clip stray further from it.",
 )
-@click.option(
-    "--decode-chunk-size",
-    type=LimitType(DECODE_CHUNK_SIZE),
-    default=None,
-    envvar=env("DECODE_CHUNK_SIZE"),
-    show_envvar=True,
-    help="Frames the VAE decodes at once; lower uses less memory, the same time on a CPU. "
-    "Default: 2 on a CPU, 8 with CUDA.",
-)
 @generation_options(IMAGE2VIDEO_DEFAULT_STEPS)
 @model_options(TASK)
 def animate(
@@ -93,7 +85,6 @@ def animate(
     fps: int,
     motion_bucket_id: int,
     noise_aug_strength: float,
-    decode_chunk_size: int | None,
     steps: int,
     seed: int | None,
     height: int | None,
@@ -102,7 +93,7 @@ def animate(
     model: str,
     device: str,
     dtype: str,
-    **tuning: Any,
+    **levers: Any,
 ) -> None:
     """Turn each IMAGE (a file path or an http(s) URL) into a short video clip.
 
@@ -113,7 +104,6 @@ def animate(
         fps=fps,
         motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength,
-        decode_chunk_size=decode_chunk_size,
         num_inference_steps=steps,
         seed=seed,
         height=height,
@@ -124,7 +114,7 @@ def animate(
         output=output,
         frames_dir=frames_dir,
         params=params,
-        model=model_choice(model, device, dtype, **tuning),
+        model=ModelChoice(model, device, dtype, Tuning(**levers)),
         quiet=quiet,
     )
 

@@ -11,6 +11,7 @@ import click
 
 from ..config import Task
 from ..errors import InvalidInput
+from ..models.tuning import Tuning
 from ..params import (
     GUIDANCE_SCALE,
     NUM_IMAGES,
@@ -23,14 +24,15 @@ from ..params import (
     per_output,
     resolve_seed,
 )
-from .options import LimitType, ModelChoice, generation_options, model_choice, model_options
+from .model_options import ModelChoice, model_options
+from .options import EnvCommand, LimitType, generation_options
 from .outputs import numbered_paths
 from .progress import Reporter
 
 TASK: Task = "text2image"
 
 
-@click.command("generate-image")
+@click.command("generate-image", cls=EnvCommand)
 @click.argument("prompt", required=False)
 @click.option(
     "--prompts-file",
@@ -76,7 +78,7 @@ def generate_image(
     model: str,
     device: str,
     dtype: str,
-    **tuning: Any,
+    **levers: Any,
 ) -> None:
     """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
@@ -93,7 +95,7 @@ def generate_image(
         seed=seed,
         scheduler=scheduler,
     )
-    choice = model_choice(model, device, dtype, **tuning)
+    choice = ModelChoice(model, device, dtype, Tuning(**levers))
     run(prompts=prompts, output=output, params=params, model=choice, quiet=quiet)
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ..config import DEFAULT_MODELS, DEVICES, DTYPES, TASKS, Task
+from ..config import DEFAULT_MODELS, TASKS, Task, envvar
+from ..models.tuning import Tuning, prepare_threading
 from ..server.config import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_HOST,
@@ -22,38 +23,32 @@ from ..server.config import (
     DEFAULT_SHUTDOWN_GRACE,
     LOG_LEVELS,
     MIB,
+    ServerConfig,
 )
-from .options import F, env
+from .model_options import lever_options, placement_options
+from .options import EnvCommand
 
 log = logging.getLogger("opea_media.serve")
 
 EXIT_CANNOT_LISTEN = 1  # the port is taken or the address is not ours: nothing was served
 
 
-def _option(name: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
-    """A flag that also reads OPEA_MEDIA_<envvar>, shown in --help."""
-    return click.option(name, envvar=env(envvar), show_envvar=True, **kwargs)
-
-
-@click.command("serve")
-@_option(
+@click.command("serve", cls=EnvCommand)
+@click.option(
     "--service",
-    "SERVICE",
     type=click.Choice(TASKS),
     default="text2image",
     help="Which OPEA service to run; each container runs one.",
 )
-@_option("--host", "HOST", default=DEFAULT_HOST, help="The address to listen on; 127.0.0.1 keeps it local.")
-@_option(
+@click.option("--host", default=DEFAULT_HOST, help="The address to listen on; 127.0.0.1 keeps it local.")
+@click.option(
     "--port",
-    "PORT",
     type=click.IntRange(1, 65535),
     default=None,
     help="The port to listen on. Default: 9379 for text2image, 9369 for image2video.",
 )
-@_option(
+@click.option(
     "--model",
-    "MODEL",
     default=None,
     help="A Hugging Face Hub id, a local diffusers pipeline folder, or 'tiny' (a small built-in "
     "random-weight model for smoke tests). Default: $OPEA_MEDIA_TEXT2IMAGE_MODEL or "
@@ -61,92 +56,70 @@ def _option(name: str, envvar: str, **kwargs: Any) -> Callable[[F], F]:
     f"(the variable of the chosen service), else {DEFAULT_MODELS['text2image']} for text2image and "
     f"{DEFAULT_MODELS['image2video']} for image2video.",
 )
-@_option(
-    "--device",
-    "DEVICE",
-    type=click.Choice(DEVICES),
-    default="auto",
-    help="Where to run: auto picks CUDA when a GPU is present, else the CPU.",
-)
-@_option(
-    "--dtype",
-    "DTYPE",
-    type=click.Choice(DTYPES),
-    default="auto",
-    help="Weights precision: auto is float16 on CUDA, float32 on the CPU.",
-)
-@_option(
+@placement_options()
+@click.option(
     "--max-queue",
-    "MAX_QUEUE",
     type=click.IntRange(1, 10_000),
     default=DEFAULT_MAX_QUEUE,
     help="Requests that may wait for the model; more get 503 with Retry-After at once.",
 )
-@_option(
+@click.option(
     "--max-batch-size",
-    "MAX_BATCH_SIZE",
     type=click.IntRange(1, 64),
     default=DEFAULT_MAX_BATCH_SIZE,
     help="text2image: merge up to this many queued requests with equal parameters (all but prompt and "
     "seed) into one pipeline call. More throughput on a GPU, more memory per call.",
 )
-@_option(
+@click.option(
     "--request-timeout",
-    "REQUEST_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_REQUEST_TIMEOUT,
     help="Seconds a request may take in all, queueing included; then 504 and its job is dropped or "
     "interrupted.",
 )
-@_option(
+@click.option(
     "--api-key",
-    "API_KEY",
     default=None,
     show_default=False,
     help="Require 'Authorization: Bearer KEY' on /v1/*; /health* and /metrics stay open. Prefer the "
     "environment variable: command lines are visible to every user of the machine.",
 )
-@_option(
+@click.option(
     "--log-level",
-    "LOG_LEVEL",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default=DEFAULT_LOG_LEVEL,
     help="Level of the service's own JSON logs; libraries log warnings and worse only.",
 )
-@_option(
+@click.option(
     "--allow-private-urls",
-    "ALLOW_PRIVATE_URLS",
     is_flag=True,
     help="Let image URLs reach loopback, private and link-local addresses (cloud metadata included). "
     "Only for trusted clients.",
 )
-@_option(
+@click.option(
     "--allowed-url-hosts",
-    "ALLOWED_URL_HOSTS",
     default="",
     help="Comma-separated host names that image URLs may use; empty: any public host.",
 )
-@_option(
+@click.option(
     "--max-body-mib",
-    "MAX_BODY_MIB",
     type=click.IntRange(1, 1024),
     default=DEFAULT_MAX_BODY_BYTES // MIB,
     help="Largest request body in MiB; larger ones get 413. Base64 adds a third to an image's size.",
 )
-@_option(
+@click.option(
     "--shutdown-grace",
-    "SHUTDOWN_GRACE",
     type=click.FloatRange(min=0),
     default=DEFAULT_SHUTDOWN_GRACE,
     help="On SIGTERM/SIGINT, seconds to let requests in progress finish (new ones get 503) before exiting.",
 )
-@_option(
+@click.option(
     "--fetch-timeout",
-    "FETCH_TIMEOUT",
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_FETCH_TIMEOUT,
     help="Seconds to download one image URL, redirects included.",
 )
+@lever_options()
 def serve(
     service: Task,
     host: str,
@@ -164,18 +137,19 @@ def serve(
     max_body_mib: int,
     shutdown_grace: float,
     fetch_timeout: float,
+    **levers: Any,
 ) -> None:
     """Run the text2image or image2video HTTP service (JSON logs on stderr).
 
     The port opens at once and the model loads in the background: /health answers 503 until it is
     ready. SIGTERM stops admitting requests and lets those in progress finish.
     """
-    run(
+    config = ServerConfig(
         service=service,
         host=host,
         port=port,
         # The per-task variable is the one generate-image and animate read too.
-        model=model or os.environ.get(env(f"{service.upper()}_MODEL")) or None,
+        model=model or os.environ.get(envvar(f"{service}_model")) or None,
         device=device,
         dtype=dtype,
         max_queue=max_queue,
@@ -188,54 +162,22 @@ def serve(
         max_body_bytes=max_body_mib * MIB,
         shutdown_grace=shutdown_grace,
         fetch_timeout=fetch_timeout,
+        tuning=Tuning(**levers),
     )
+    run(config)
 
 
-def run(
-    *,
-    service: Task = "text2image",
-    host: str = DEFAULT_HOST,
-    port: int | None = None,
-    model: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_queue: int = DEFAULT_MAX_QUEUE,
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-    api_key: str | None = None,
-    log_level: str = DEFAULT_LOG_LEVEL,
-    allow_private_urls: bool = False,
-    allowed_url_hosts: tuple[str, ...] = (),
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-    fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
-) -> None:
-    """Build the config and the app, then serve until SIGTERM/SIGINT (exit 0 after draining)."""
+def run(config: ServerConfig) -> None:
+    """Build the app from `config` and serve it until SIGTERM/SIGINT (exit 0 after draining)."""
     from aiohttp import web
 
     from ..server.app import create_app, listening_socket
-    from ..server.config import KEEPALIVE_TIMEOUT, ServerConfig
+    from ..server.config import KEEPALIVE_TIMEOUT
     from ..server.logs import configure_logging
     from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
 
-    config = ServerConfig(
-        service=service,
-        host=host,
-        port=port,
-        model=model,
-        device=device,
-        dtype=dtype,
-        max_queue=max_queue,
-        max_batch_size=max_batch_size,
-        request_timeout=request_timeout,
-        api_key=api_key,
-        log_level=log_level,
-        allow_private_urls=allow_private_urls,
-        allowed_url_hosts=allowed_url_hosts,
-        max_body_bytes=max_body_bytes,
-        shutdown_grace=shutdown_grace,
-        fetch_timeout=fetch_timeout,
-    )
+    # Before anything imports torch (the worker thread does, to load the model): OpenMP reads it once.
+    prepare_threading(config.tuning.omp_wait_policy)
     configure_logging(config.log_level)
     try:
         sock = listening_socket(config.host, config.bind_port)
@@ -259,6 +201,7 @@ def run(
             "auth": "api key" if config.api_key else "off",
             "allow_private_urls": config.allow_private_urls,
             "allowed_url_hosts": list(config.allowed_url_hosts),
+            "tuning": dataclasses.asdict(config.tuning),
         },
     )
     web.run_app(

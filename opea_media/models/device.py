@@ -1,4 +1,4 @@
-"""Device and dtype choice: CUDA with fp16 when present, else CPU with fp32."""
+"""Device and dtype choice: CUDA when present, else the CPU; per-task "auto" dtypes: tuning.auto_dtype."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ class Placement:
 
 
 def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
-    """Resolve `auto` and refuse an explicit choice this machine cannot honour."""
+    """Resolve `auto` and refuse an explicit choice this machine cannot honour.
+
+    A dtype of "auto" becomes float16 on CUDA and float32 on the CPU here; the registry replaces
+    that with the task's own choice (tuning.auto_dtype).
+    """
     if device not in DEVICES:
         raise InvalidInput(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}", field="device")
     if dtype not in DTYPES:

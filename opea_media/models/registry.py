@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 class ModelRegistry:
     """Hands out one ModelHandle per (task, reference); nothing loads until asked.
 
-    `dtype="auto"` is chosen per task (tuning.auto_dtype); `tuning=None` reads the levers from
-    OPEA_MEDIA_* variables, so a caller without flags for them still honours the environment.
+    `dtype="auto"` is chosen per task (tuning.auto_dtype); `tuning=None` means every lever on auto.
     """
 
     def __init__(
@@ -47,7 +46,7 @@ class ModelRegistry:
             raise InvalidInput(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}", field="dtype")
         self._device = device
         self._dtype = dtype
-        self.tuning = tuning if tuning is not None else Tuning.from_env()
+        self.tuning = tuning or Tuning()
         self._cache_dir = cache_dir or cache_root()
         self._handles: dict[tuple[Task, str], ModelHandle[LoadedModel]] = {}
         self._lock = threading.Lock()
@@ -91,8 +90,8 @@ class ModelRegistry:
 
         from . import sources
         from .image2video import Image2VideoModel
+        from .pipeline_tuning import apply_tuning
         from .text2image import Text2ImageModel
-        from .tuning import apply_tuning
 
         placement = self.placement_for(task)
         tuning = self.tuning.resolve(task, placement.device)

@@ -1,30 +1,33 @@
-"""Memory and speed levers applied to a loaded pipeline, with defaults chosen per device.
+"""The memory and speed levers: declared once, as the fields of Tuning, and resolved per device.
 
-The defaults come from the figures in docs/performance.md: they keep text2image within 4-6 GB and
-image2video within 6-8 GB on a CPU (the containers' 8G limit) and cost nothing measurable in speed.
-Every lever can be set explicitly ("on"/"off") by flag or OPEA_MEDIA_* environment variable.
+Each field of `Tuning` is one lever. Its name gives the flag (`vae_tiling`: `--vae-tiling`) and
+the variable (`OPEA_MEDIA_VAE_TILING`); `lever(...)` gives its default, its choices or range, the
+tasks it acts on and its help text. commands/levers.py turns `LEVERS` into the options of
+`generate-image`, `animate` and `serve` and into the README's table. A new lever is one field here
+(and its effect in `resolve` and pipeline_tuning.py). "auto" leaves the choice to `resolve`, whose
+defaults come from the figures in docs/performance.md: text2image within 4-6 GB and image2video
+within 6-8 GB on a CPU (the containers' 8G limit), at no measurable cost in speed.
+
+Nothing here imports torch at import time: the CLI reads this table to build its --help.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-from collections.abc import Mapping, MutableMapping
-from dataclasses import asdict, dataclass
+from collections.abc import MutableMapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import ENV_PREFIX, Task
+from ..config import TASKS, Task, envvar
 from ..errors import InvalidInput
-from ..params import DECODE_CHUNK_SIZE, TUNING_COUNT
-
-log = logging.getLogger(__name__)
+from ..params import DECODE_CHUNK_SIZE, TUNING_COUNT, Limit
 
 SWITCH = ("auto", "on", "off")
 # diffusers' slice sizes: "on" halves the heads per slice, "max" runs one head at a time.
 ATTENTION_SLICING = ("auto", "off", "on", "max")
-DTYPE_POLICY = ("auto", "float32", "float16", "bfloat16")
+OMP_WAIT_POLICIES = ("auto", "passive", "active")
 
 # image2video: frames the VAE decodes at once when a request does not say. Decoding all 25 frames
 # of a 576x1024 clip at once holds ~16 GB of activations in float32; 2 at a time fits in the budget.
@@ -38,72 +41,130 @@ CUDA_DECODE_CHUNK_SIZE = 8
 CPU_IMAGES_PER_CALL = 2
 CUDA_IMAGES_PER_CALL = 8
 
-ENV_NAMES = {
-    "guidance_split": "GUIDANCE_SPLIT",
-    "attention_slicing": "ATTENTION_SLICING",
-    "vae_slicing": "VAE_SLICING",
-    "vae_tiling": "VAE_TILING",
-    "forward_chunking": "FORWARD_CHUNKING",
-    "channels_last": "CHANNELS_LAST",
-    "decode_chunk_size": "DECODE_CHUNK_SIZE",
-    "images_per_call": "IMAGES_PER_CALL",
-    "threads": "THREADS",
-}
-INTEGER_FIELDS = ("decode_chunk_size", "images_per_call", "threads")
+# What `--dtype auto` picks (auto_dtype below), said once for --help, the README and docstrings.
+DTYPE_HELP = (
+    "Weights precision. auto: float16 on CUDA; on a CPU with native bfloat16 (AVX512-BF16 or AMX), "
+    "bfloat16 (half the memory, several times faster); on other CPUs float32 for text2image and "
+    "bfloat16 for image2video (SVD-XT's float32 weights alone exceed the 8 GB budget)."
+)
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One lever, as its flag, its variable and --help present it."""
+
+    name: str  # the Tuning field
+    default: str | int | None  # None: "auto", for counts
+    help: str
+    tasks: tuple[Task, ...]  # what it acts on; `serve` offers every lever, since it runs either task
+    choices: tuple[str, ...] = ()  # a choice among words ...
+    limit: Limit | None = None  # ... or a count: "auto" (None) or an integer within `limit`
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def envvar(self) -> str:
+        return envvar(self.name)
+
+    def check(self, value: Any) -> None:
+        if self.limit is not None:
+            if value is not None:
+                self.limit.check(self.name, value, integer=True)
+        elif value not in self.choices:
+            raise InvalidInput(f"must be one of {', '.join(self.choices)}, got {value!r}", field=self.name)
+
+
+def lever(
+    default: str | None,
+    help: str,
+    *,
+    tasks: tuple[Task, ...] = TASKS,
+    choices: tuple[str, ...] = SWITCH,
+    limit: Limit | None = None,
+) -> Any:
+    """A Tuning field that is a lever (see Lever)."""
+    spec = {
+        "default": default,
+        "help": help,
+        "tasks": tasks,
+        "choices": () if limit else choices,
+        "limit": limit,
+    }
+    return field(default=default, metadata={"lever": spec})
 
 
 @dataclass(frozen=True)
 class Tuning:
-    """The levers as asked for; "auto" (or None) leaves the choice to `resolve`."""
+    """The levers as asked for; "auto" (None for counts) leaves the choice to `resolve`."""
 
-    guidance_split: str = "auto"
-    attention_slicing: str = "auto"
-    vae_slicing: str = "auto"
-    vae_tiling: str = "auto"
-    forward_chunking: str = "auto"
-    channels_last: str = "auto"
-    decode_chunk_size: int | None = None  # image2video default for requests that give none
-    images_per_call: int | None = None  # text2image: images denoised in one pipeline call
-    threads: int | None = None  # torch intra-op threads
+    guidance_split: str = lever(
+        "auto",
+        "Run the UNet on the unconditional and conditional halves of classifier-free guidance one "
+        "after the other: half the activation memory, the same arithmetic. auto: on for image2video on "
+        "the CPU (which otherwise needs over 8 GB), else off.",
+    )
+    attention_slicing: str = lever(
+        "auto",
+        "text2image: compute attention a few heads at a time (max: one). auto: off, PyTorch's SDPA is "
+        "already memory-efficient.",
+        tasks=("text2image",),
+        choices=ATTENTION_SLICING,
+    )
+    vae_slicing: str = lever(
+        "auto",
+        "text2image: decode several images one at a time: the same pixels, a lower peak. auto: on.",
+        tasks=("text2image",),
+    )
+    vae_tiling: str = lever(
+        "auto",
+        "text2image: decode images larger than the model's native size in tiles: bounded memory, faint "
+        "seams possible. auto: on.",
+        tasks=("text2image",),
+    )
+    forward_chunking: str = lever(
+        "auto",
+        "image2video: run the UNet's feed-forward layers one frame at a time: a lower peak, the same "
+        "speed. auto: on.",
+        tasks=("image2video",),
+    )
+    channels_last: str = lever(
+        "auto", "Convolution memory layout NHWC. auto: on, except image2video on the CPU."
+    )
+    decode_chunk_size: int | None = lever(
+        None,
+        "image2video: frames the VAE decodes at once (a service request's own decode_chunk_size "
+        f"wins); lower uses less memory, the same time on a CPU. auto: {CPU_DECODE_CHUNK_SIZE} on a "
+        f"CPU, {CUDA_DECODE_CHUNK_SIZE} with CUDA.",
+        tasks=("image2video",),
+        limit=DECODE_CHUNK_SIZE,
+    )
+    images_per_call: int | None = lever(
+        None,
+        "text2image: most images denoised in one pipeline call; more run in several calls, with the "
+        f"same pixels. auto: {CPU_IMAGES_PER_CALL} on a CPU (bounds the peak memory), "
+        f"{CUDA_IMAGES_PER_CALL} with CUDA.",
+        tasks=("text2image",),
+        limit=TUNING_COUNT,
+    )
+    threads: int | None = lever(
+        None,
+        "CPU threads for inference. auto: PyTorch's choice (one per core), capped at the container's "
+        "CPU quota.",
+        limit=TUNING_COUNT,
+    )
+    omp_wait_policy: str = lever(
+        "auto",
+        "How OpenMP's idle CPU threads wait, set before torch loads: passive sleeps (fastest when "
+        "anything else shares the cores), active spins (a few percent faster on a machine of its own). "
+        "auto: passive, unless OMP_WAIT_POLICY is set.",
+        choices=OMP_WAIT_POLICIES,
+    )
 
     def __post_init__(self) -> None:
-        if self.attention_slicing not in ATTENTION_SLICING:
-            raise InvalidInput(
-                f"must be one of {', '.join(ATTENTION_SLICING)}, got {self.attention_slicing!r}",
-                field="attention_slicing",
-            )
-        for name in ("guidance_split", "vae_slicing", "vae_tiling", "forward_chunking", "channels_last"):
-            if getattr(self, name) not in SWITCH:
-                raise InvalidInput(
-                    f"must be one of {', '.join(SWITCH)}, got {getattr(self, name)!r}", field=name
-                )
-        if self.decode_chunk_size is not None:
-            DECODE_CHUNK_SIZE.check("decode_chunk_size", self.decode_chunk_size, integer=True)
-        for name in ("images_per_call", "threads"):
-            if getattr(self, name) is not None:
-                TUNING_COUNT.check(name, getattr(self, name), integer=True)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Tuning:
-        """The levers from OPEA_MEDIA_* variables, for callers that take no flags (the service)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field, suffix in ENV_NAMES.items():
-            raw = environ.get(f"{ENV_PREFIX}_{suffix}", "").strip().lower()
-            if not raw:
-                continue
-            if field in INTEGER_FIELDS:
-                if raw == "auto":
-                    continue
-                try:
-                    values[field] = int(raw)
-                except ValueError:
-                    raise InvalidInput(
-                        f"{ENV_PREFIX}_{suffix} must be an integer or 'auto', got {raw!r}"
-                    ) from None
-            else:
-                values[field] = raw
-        return cls(**values)
+        for each in LEVERS:
+            each.check(getattr(self, each.name))
 
     def resolve(self, task: Task, device: str) -> AppliedTuning:
         """Concrete settings for `task` on `device` ("cpu" or "cuda")."""
@@ -141,8 +202,13 @@ class Tuning:
         )
 
 
+LEVERS: tuple[Lever, ...] = tuple(Lever(name=f.name, **f.metadata["lever"]) for f in fields(Tuning))
+
+
 @dataclass(frozen=True)
 class AppliedTuning:
+    """What `resolve` made of a Tuning for one task and device (the OpenMP policy is set earlier)."""
+
     guidance_split: bool
     attention_slicing: str  # "off", "on" or "max"
     vae_slicing: bool
@@ -157,158 +223,21 @@ class AppliedTuning:
         return asdict(self)
 
 
-def apply_tuning(pipe: Any, tuning: AppliedTuning) -> None:
-    """Set the levers on a loaded pipeline (in place)."""
-    import torch
-
-    if tuning.threads is not None and tuning.threads != torch.get_num_threads():
-        torch.set_num_threads(tuning.threads)
-    unet: Any = getattr(pipe, "unet", None)
-    if tuning.attention_slicing != "off" and hasattr(unet, "set_attention_slice"):
-        pipe.enable_attention_slicing("auto" if tuning.attention_slicing == "on" else "max")
-    vae = getattr(pipe, "vae", None)
-    # The temporal decoder of SVD decodes in decode_chunk_size chunks instead.
-    if vae is not None and hasattr(vae, "enable_slicing") and type(vae).__name__ == "AutoencoderKL":
-        vae.enable_slicing() if tuning.vae_slicing else vae.disable_slicing()
-        vae.enable_tiling() if tuning.vae_tiling else vae.disable_tiling()
-    if unet is not None:
-        split_batch(unet, 2 if tuning.guidance_split else 1)
-        materialize_broadcast_context(unet)
-    if tuning.forward_chunking and hasattr(unet, "enable_forward_chunking"):
-        unet.enable_forward_chunking(chunk_size=1, dim=0)
-        contiguous_temporal_chunks(unet)
-    if tuning.channels_last:
-        for name in ("unet", "vae"):
-            module = getattr(pipe, name, None)
-            if module is not None:
-                to_channels_last(module)
-    log.info("tuning applied", extra={"tuning": tuning.as_dict()})
-
-
-def to_channels_last(model: Any) -> None:
-    """NHWC (NDHWC) convolution weights, which cuDNN runs faster.
-
-    Not `model.to(memory_format=...)`: SVD's temporal layers hold 5-D weights, which that refuses.
-    """
-    import torch
-
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.weight.data = module.weight.data.to(memory_format=torch.channels_last)
-        elif isinstance(module, torch.nn.Conv3d):
-            module.weight.data = module.weight.data.to(memory_format=torch.channels_last_3d)
-
-
-def split_batch(unet: Any, parts: int) -> None:
-    """Make `unet` run an evenly divisible batch as `parts` smaller calls (1: undo).
-
-    The pipelines stack the unconditional and conditional inputs of classifier-free guidance
-    into one batch; split in two, each call holds half the activations. Every tensor argument
-    whose first dimension is the batch is sliced the same way, and the outputs are concatenated.
-    """
-    if "forward" in vars(unet):
-        del unet.forward  # back to the class's own
-    if parts <= 1:
-        return
-    forward = unet.forward
-
-    def split_forward(sample: Any, *args: Any, **kwargs: Any) -> Any:
-        n = sample.shape[0]
-        if n < parts or n % parts:
-            return forward(sample, *args, **kwargs)
-        size = n // parts
-        outputs = []
-        for i in range(parts):
-            part = slice(i * size, (i + 1) * size)
-            outputs.append(
-                forward(
-                    sample[part],
-                    *(_batch_slice(a, part, n) for a in args),
-                    **{k: _batch_slice(v, part, n) for k, v in kwargs.items()},
-                )
-            )
-        return _concat(outputs)
-
-    unet.forward = split_forward
-
-
-def materialize_broadcast_context(unet: Any) -> None:
-    """Give SVD's temporal cross-attention a real tensor instead of a zero-stride view.
-
-    The spatio-temporal transformer broadcasts the image embedding to every latent position. For
-    a batch of one (a split guidance batch, or no guidance) that stays a view with stride 0, and
-    torch.matmul then expands the key/value weights once per position: for 576x1024 latents that
-    is 9216 copies of each weight, gigabytes and minutes per step. Copying the 1-token context to
-    those positions first costs a few megabytes.
-    """
-    for module in unet.modules():
-        if type(module).__name__ != "TemporalBasicTransformerBlock" or module.attn2 is None:
-            continue
-        if getattr(module.attn2, "_opea_media_contiguous", False):
-            continue
-        module.attn2.register_forward_pre_hook(_contiguous_context, with_kwargs=True)
-        module.attn2._opea_media_contiguous = True
-
-
-def contiguous_temporal_chunks(unet: Any) -> None:
-    """Hand SVD's temporal feed-forward layers contiguous chunks.
-
-    With forward chunking, diffusers cuts the temporal blocks' (positions, frames, channels)
-    input along the frames: each chunk is a strided view, and a Linear on a strided 3-D view
-    runs as a batched matmul over the positions with the weight expanded once per position.
-    At 576x1024 that is 9216 copies of a 320x2560 weight, 15 GB: the process was OOM-killed
-    at 18 GB instead of peaking near 7. A contiguous copy of the chunk costs a few megabytes.
-    """
-    for module in unet.modules():
-        if type(module).__name__ != "TemporalBasicTransformerBlock":
-            continue
-        for ff in (getattr(module, "ff_in", None), getattr(module, "ff", None)):
-            if ff is not None and not getattr(ff, "_opea_media_contiguous", False):
-                ff.register_forward_pre_hook(_contiguous_input)
-                ff._opea_media_contiguous = True
-
-
-def _contiguous_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    return (args[0].contiguous(), *args[1:])
-
-
-def _contiguous_context(module: Any, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    context = kwargs.get("encoder_hidden_states")
-    if context is not None and 0 in context.stride():
-        kwargs = {**kwargs, "encoder_hidden_states": context.contiguous()}
-    return args, kwargs
-
-
-def _batch_slice(value: Any, part: slice, n: int) -> Any:
-    import torch
-
-    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
-        return value[part]
-    if isinstance(value, dict):
-        return {k: _batch_slice(v, part, n) for k, v in value.items()}
-    return value
-
-
-def _concat(outputs: list[Any]) -> Any:
-    import torch
-
-    first = outputs[0]
-    if isinstance(first, tuple):
-        return (torch.cat([o[0] for o in outputs]), *first[1:])
-    return type(first)(sample=torch.cat([o.sample for o in outputs]))  # a diffusers UNet output
-
-
-def prepare_threading(environ: MutableMapping[str, str] | None = None) -> None:
-    """Before torch loads OpenMP: let its idle workers sleep instead of spinning.
+def prepare_threading(policy: str = "auto", *, environ: MutableMapping[str, str] | None = None) -> None:
+    """Before torch loads OpenMP: let its idle workers sleep instead of spinning, unless told otherwise.
 
     Spinning workers hold a core while they wait for the others; when anything else wants that
     core (the other service on the host, a neighbour container, the service's own encoders) the
     workers they wait for are descheduled instead. Beside one busy process an SD 2.1-size
     generation took 4.5 s with PASSIVE against 7.1 s (ACTIVE) and 7.5 s (libgomp's default); on
-    an idle machine PASSIVE costs 2-4 % at that size (docs/performance.md). A user's own setting wins.
+    an idle machine PASSIVE costs 2-4 % at that size (docs/performance.md). With "auto" a user's
+    own OMP_WAIT_POLICY wins; "passive" and "active" replace it.
     """
     environ = os.environ if environ is None else environ
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if policy == "auto":
+        environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    else:
+        environ["OMP_WAIT_POLICY"] = policy.upper()
 
 
 def cpu_quota_threads(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -345,7 +274,7 @@ def _cgroup_cpu_limit(root: Path) -> int | None:
 
 
 def auto_dtype(task: Task, device: str, *, cpu_has_bf16: bool | None = None) -> str:
-    """The weights precision "auto" stands for: float16 on CUDA; on a CPU see below."""
+    """The weights precision `--dtype auto` stands for (DTYPE_HELP says it to the user)."""
     if device == "cuda":
         return "float16"
     if cpu_has_bf16 is None:

@@ -36,7 +36,9 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     Nothing here imports torch: the handle loads the model on the worker thread, after the port is open.
     """
     if model_handle is None:
-        registry = ModelRegistry(device=config.device, dtype=config.dtype, cache_dir=config.cache_dir)
+        registry = ModelRegistry(
+            device=config.device, dtype=config.dtype, cache_dir=config.cache_dir, tuning=config.tuning
+        )
         model_handle = registry.handle(config.service, config.model_ref)
     handle = model_handle
     metrics = Metrics(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MODELS, DEFAULT_PORTS, DEVICES, DTYPES, TASKS, Task
 from ..errors import InvalidInput
+from ..models.tuning import Tuning
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -46,6 +47,7 @@ class ServerConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
     io_threads: int = 4  # image decoding and PNG encoding, off the event loop
+    tuning: Tuning = Tuning()  # the memory/speed levers (models/tuning.py)
 
     def __post_init__(self) -> None:
         if self.service not in TASKS:

@@ -20,9 +20,14 @@ def opea_media() -> str:
     return found
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [opea_media(), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ
+        [opea_media(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -34,15 +39,15 @@ def test_generate_then_animate_offline(tmp_path: Path) -> None:
         "harbour.png",
         "--model",
         "tiny",
-        "--steps",
-        "3",
         "--seed",
         "5",
         cwd=tmp_path,
+        env={"OPEA_MEDIA_STEPS": "3"},
     )
     assert made.returncode == 0, made.stderr
     assert made.stdout.strip() == "harbour.png (seed 5)"
-    assert Image.open(tmp_path / "harbour.png").size == (64, 64)
+    with Image.open(tmp_path / "harbour.png") as image:
+        assert image.size == (64, 64) and image.text["steps"] == "3"  # type: ignore[attr-defined]
 
     clip = run(
         "animate",
@@ -66,6 +71,20 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path: Path) -> None:
     result = run("animate", "nowhere.png", "--model", "tiny", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == "Error: nowhere.png: no such file"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_variable_fails_like_the_flag(tmp_path: Path) -> None:
+    by_flag = run("generate-image", "a cat", "--model", "tiny", "--threads", "abc", cwd=tmp_path)
+    by_variable = run(
+        "generate-image", "a cat", "--model", "tiny", cwd=tmp_path, env={"OPEA_MEDIA_THREADS": "abc"}
+    )
+    assert by_flag.returncode == by_variable.returncode == 2
+    assert by_flag.stderr == by_variable.stderr
+    assert by_flag.stderr.strip().startswith(
+        "Error: Invalid value for '--threads' (env var: 'OPEA_MEDIA_THREADS')"
+    )
+    assert len(by_flag.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
