@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,7 +18,7 @@ from ..media.fetch import UrlPolicy
 from ..media.images import fit_image, png_base64
 from ..media.sources import load_images
 from ..metadata import text2image_metadata
-from ..params import image_seed, per_output, resolve_seed
+from ..params import Image2VideoParams, Text2ImageParams, per_output, resolve_seed
 from .jobs import CLIENT_DISCONNECTED, DEADLINE, HANDLER_CANCELLED, Job, Payload, VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .logs import request_id_var
@@ -153,6 +153,24 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 3)
 
 
+def _result(
+    job: Job, what: str, outputs: Sequence[Text2ImageParams | Image2VideoParams], model: str
+) -> dict[str, Any]:
+    """What every success answer says: the outputs' seeds and size, the model, the timings."""
+    first = outputs[0]
+    return {
+        "message": f"Generated {what} in {job.inference_seconds or 0.0:.2f} s",
+        "seed": first.seed,
+        "seeds": [p.seed for p in outputs],
+        "model": model,
+        "width": first.width,
+        "height": first.height,
+        "num_inference_steps": first.num_inference_steps,
+        "queue_seconds": _rounded(job.queue_seconds),
+        "inference_seconds": _rounded(job.inference_seconds),
+    }
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
 
@@ -176,20 +194,9 @@ async def text2image(request: web.Request) -> web.Response:
             png_base64,
             *((image, text2image_metadata(p, model=model)) for image, p in zip(images, own, strict=True)),
         )
-        assert params.seed is not None and params.width and params.height
-        seconds = job.inference_seconds or 0.0
+        what = _count(len(encoded), "image")
         response = Text2ImageResponse(
-            images=encoded,
-            message=f"Generated {_count(len(encoded), 'image')} in {seconds:.2f} s",
-            seed=params.seed,
-            seeds=[p.seed for p in own if p.seed is not None],
-            model=model,
-            width=params.width,
-            height=params.height,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            queue_seconds=_rounded(job.queue_seconds),
-            inference_seconds=_rounded(job.inference_seconds),
+            images=encoded, guidance_scale=params.guidance_scale, **_result(job, what, own, model)
         )
         return await _encoded_response(pool, response)
 
@@ -220,21 +227,11 @@ async def image2video(request: web.Request) -> web.Response:
         )
         job, clips = await _run(request, VideoRequest(tuple(fitted), tuple(clip_params)), deadline)
         frames = await _each(pool, png_base64, *((frame,) for clip in clips for frame in clip))
-        first, seconds = clip_params[0], job.inference_seconds or 0.0
-        assert first.width and first.height
         what = f"{_count(len(clips), 'clip')} ({len(frames)} frames)"
         response = Image2VideoResponse(
             frames=frames,
-            message=f"Generated {what} in {seconds:.2f} s",
             frames_per_clip=[len(clip) for clip in clips],
-            fps=first.fps,
-            seed=seed,
-            seeds=[image_seed(seed, k) for k in range(len(clips))],
-            model=worker.handle.ref,
-            width=first.width,
-            height=first.height,
-            num_inference_steps=first.num_inference_steps,
-            queue_seconds=_rounded(job.queue_seconds),
-            inference_seconds=_rounded(job.inference_seconds),
+            fps=clip_params[0].fps,
+            **_result(job, what, clip_params, worker.handle.ref),
         )
         return await _encoded_response(pool, response)
