@@ -24,48 +24,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 SECTIONS = ("startup", "overhead", "concurrency", "encoding", "levers", "memory")
 
 
-# /proc/cpuinfo flags that decide which kernels run: AVX2 / AVX-512 float32, and bfloat16 in
-# hardware (AVX512-BF16, AMX). Without those, bfloat16 arithmetic is emulated in float32.
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
-    """The processor as lscpu names it (model name, family, model, stepping) and its CPU_FLAGS.
-
-    `cpuinfo`: the text of /proc/cpuinfo (read when None). Hypervisors often shorten the model
-    name ("AMD EPYC"); family and model still tell the generation (AMD 25/1: Zen 3, 25/17: Zen 4).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    first: dict[str, str] = {}
-    for line in cpuinfo.splitlines():
-        if not line.strip():
-            if first:
-                break  # the first processor's block describes them all
-            continue
-        key, _, value = line.partition(":")
-        first.setdefault(key.strip(), value.strip())
-
-    def number(key: str) -> int | None:
-        try:
-            return int(first[key])
-        except (KeyError, ValueError):
-            return None
-
-    flags = set(first.get("flags", first.get("Features", "")).split())
-    return {
-        "cpu": first.get("model name") or platform.processor() or "unknown",
-        "cpu_family": number("cpu family"),
-        "cpu_model": number("model"),
-        "cpu_stepping": number("stepping"),
-        # None: this kernel lists no flags (not x86 Linux), so nothing is known either way.
-        "cpu_flags": {flag: flag in flags for flag in CPU_FLAGS} if flags else None,
-    }
-
-
 def usable_cores() -> int:
     """The CPUs this process may run on: its affinity, capped by a cgroup CPU quota (containers)."""
     from opea_media.models.tuning import cpu_quota_threads
@@ -82,14 +40,17 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
+    from opea_media.models.cpu import cpu_info, cpu_supports_bf16
+
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         **cpu_info(),
+        "cpu_native_bf16": cpu_supports_bf16(),
         "cores": os.cpu_count(),
         "cores_usable": usable_cores(),
         "memory_gib": round(mem_gib, 1),
         # torch's test for its bf16 CPU path: AVX-512 BW/VL/DQ, true on AVX-512 CPUs without
-        # AVX512-BF16 too. What `--dtype auto` goes by (opea_media/models/tuning.py).
+        # AVX512-BF16 too (emulated there); `--dtype auto` goes by cpu_native_bf16 instead.
         "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -115,8 +115,28 @@ def test_auto_dtype() -> None:
     assert tuning.auto_dtype("image2video", "cpu", cpu_has_bf16=False) == "bfloat16"
 
 
+# The flags lines of three processors, as /proc/cpuinfo lists them (abridged).
+_ZEN3 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+_SKYLAKE_SP = "model name\t: Intel Xeon Gold 6148\nflags\t\t: avx2 avx512f avx512bw avx512vl avx512dq\n"
+_SAPPHIRE_RAPIDS = (
+    "model name\t: Intel Xeon Platinum 8480+\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+)
+
+
+def test_native_bfloat16_means_avx512_bf16_or_amx_not_any_avx512() -> None:
+    from opea_media.models.cpu import cpu_supports_bf16
+
+    # Skylake-SP passes torch's own check (AVX-512 BW/VL/DQ) but emulates bfloat16: slower than fp32.
+    assert [cpu_supports_bf16(text) for text in (_ZEN3, _SKYLAKE_SP, _SAPPHIRE_RAPIDS)] == [
+        False,
+        False,
+        True,
+    ]
+    assert cpu_supports_bf16("") is False  # no flags listed: nothing known, float32 is the safe choice
+
+
 def test_registry_picks_the_dtype_per_task(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tuning, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("opea_media.models.cpu.cpu_supports_bf16", lambda: False)
     registry = ModelRegistry(device="cpu", cache_dir=cache_dir)
     assert registry.placement_for("text2image").dtype is torch.float32
     assert registry.placement_for("image2video").dtype is torch.bfloat16

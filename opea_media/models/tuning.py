@@ -278,6 +278,8 @@ def auto_dtype(task: Task, device: str, *, cpu_has_bf16: bool | None = None) -> 
     if device == "cuda":
         return "float16"
     if cpu_has_bf16 is None:
+        from .cpu import cpu_supports_bf16
+
         cpu_has_bf16 = cpu_supports_bf16()
     # bfloat16 halves the weights (SVD-XT: 9.0 -> 4.5 GB, over and within the 8G limit) and, on
     # CPUs with native bf16 (AVX512-BF16, AMX), runs several times faster than float32. Without
@@ -285,12 +287,3 @@ def auto_dtype(task: Task, device: str, *, cpu_has_bf16: bool | None = None) -> 
     if cpu_has_bf16 or task == "image2video":
         return "bfloat16"
     return "float32"
-
-
-def cpu_supports_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
