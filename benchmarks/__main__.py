@@ -40,17 +40,16 @@ def machine() -> dict[str, Any]:
     import torch
     import transformers
 
-    from opea_media.models.cpu import cpu_info, cpu_supports_bf16
+    from opea_media.models.cpu import cpu_info
 
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {
         **cpu_info(),
-        "cpu_native_bf16": cpu_supports_bf16(),
         "cores": os.cpu_count(),
         "cores_usable": usable_cores(),
         "memory_gib": round(mem_gib, 1),
         # torch's test for its bf16 CPU path: AVX-512 BW/VL/DQ, true on AVX-512 CPUs without
-        # AVX512-BF16 too (emulated there); `--dtype auto` goes by cpu_native_bf16 instead.
+        # AVX512-BF16 too (emulated there); `--dtype auto` goes by the flags instead.
         "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),

@@ -163,8 +163,7 @@ def machine_line(m: dict[str, Any]) -> str:
     features = (
         f"AVX2: {has('avx2')}, AVX-512: {has('avx512f')}, "
         f"native bf16: {has('avx512_bf16', 'amx_bf16')} (AVX512-BF16: {has('avx512_bf16')}, "
-        f"AMX: {has('amx_bf16', 'amx_tile')}), torch bf16 path: {m['cpu_bf16']}, "
-        f"--dtype auto's native bf16: {m.get('cpu_native_bf16', 'unknown')}"
+        f"AMX: {has('amx_bf16', 'amx_tile')}), torch bf16 path: {m['cpu_bf16']}"
     )
     return (
         f"Machine: {cpu}, {cores}, {m['memory_gib']} GiB; {features}; CUDA: {m['cuda']}; "
