@@ -55,7 +55,20 @@ def cli(verbose: int) -> None:
     """Generate images with Stable Diffusion and videos with Stable Video Diffusion,
     offline from the command line or as the OPEA text2image / image2video services."""
     level = {0: logging.CRITICAL, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(DetailFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+class DetailFormatter(logging.Formatter):
+    """A log line with the record's details (model, device, dtype, seconds ...) after the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from .server.logs import extra_fields
+
+        line = super().format(record)
+        details = " ".join(f"{key}={value}" for key, value in extra_fields(record).items())
+        return f"{line} ({details})" if details else line
 
 
 cli.add_command(generate_image)

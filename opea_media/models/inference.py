@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,9 +33,20 @@ def step_callback(total: int, on_step: StepCallback | None, *, done: int = 0) ->
 
 def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
     """Call the pipeline with autograd off; turn library failures into our error types."""
+    started = time.perf_counter()
     try:
         with torch.inference_mode():
-            return pipe(**kwargs)
+            output = pipe(**kwargs)
+        log.debug(
+            "pipeline call done",
+            extra={
+                "pipeline": type(pipe).__name__,
+                "steps": kwargs.get("num_inference_steps"),
+                "size": f"{kwargs.get('width')}x{kwargs.get('height')}",
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return output
     except OpeaMediaError:
         raise
     except (torch.OutOfMemoryError, MemoryError):

@@ -7,6 +7,7 @@ first load, so the service opens its port first and the CLI checks its inputs fi
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from ..config import DEFAULT_MODELS, DEVICES, DTYPES, Task, cache_root
 from ..errors import InvalidInput
 from .handle import ModelHandle
 from .tuning import AppliedTuning, Tuning, auto_dtype
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from .device import Placement
@@ -96,6 +99,15 @@ class ModelRegistry:
         placement = self.placement_for(task)
         tuning = self.tuning.resolve(task, placement.device)
         source = sources.resolve(task, ref, cache_root=self._cache_dir)
+        log.info(
+            "reading the pipeline",
+            extra={
+                "model": ref,
+                "source": source.location,
+                "device": placement.device,
+                "dtype": placement.dtype_name,
+            },
+        )
         if source.kind == "preset":
             from .presets import build_preset
 

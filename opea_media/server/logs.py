@@ -38,6 +38,11 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What came into a record through `extra=`."""
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD_ATTRS}
+
+
 def utc_timestamp(created: float) -> str:
     return datetime.fromtimestamp(created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -55,9 +60,8 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in entry:
-                entry[key] = value
+        for key, value in extra_fields(record).items():
+            entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -93,3 +93,29 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
         [sys.executable, "-m", "opea_media", "--version"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("opea-media, version")
+
+
+def test_verbose_says_which_model_where_in_what_precision_and_how_long(tmp_path: Path) -> None:
+    args = (
+        "generate-image",
+        "a cat",
+        "-o",
+        "cat.png",
+        "--model",
+        "tiny",
+        "--steps",
+        "2",
+        "--dtype",
+        "float32",
+    )
+    info = run("-v", *args, cwd=tmp_path)
+    assert info.returncode == 0, info.stderr
+    reading = next(line for line in info.stderr.splitlines() if "reading the pipeline" in line)
+    assert "model=tiny" in reading and "device=cpu" in reading and "dtype=float32" in reading
+    assert any("model ready" in line and "seconds=" in line for line in info.stderr.splitlines())
+    assert "pipeline call done" not in info.stderr  # per-call timings are for -vv
+    debug = run("-vv", *args, cwd=tmp_path)
+    assert debug.returncode == 0, debug.stderr
+    call = next(line for line in debug.stderr.splitlines() if "pipeline call done" in line)
+    assert "steps=2" in call and "size=64x64" in call and "seconds=" in call
+    assert run(*args, cwd=tmp_path).stderr == ""  # quiet without -v
