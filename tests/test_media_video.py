@@ -269,3 +269,10 @@ def test_write_frames_number_width_grows_with_the_count(
 def test_write_frames_refuses_a_stem_that_is_not_a_name(tmp_path: Path, stem: str) -> None:
     with pytest.raises(InvalidInput, match="cannot be used as a file name"):
         write_frames(_frames(1), tmp_path, stem=stem)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_is_not_called_missing() -> None:
+    # /proc exists, but creating a file there fails with ENOENT, which read as "does not exist".
+    with pytest.raises(InvalidInput, match="cannot write to /proc: files cannot be created in it"):
+        prepare_output(Path("/proc/x.png"))

@@ -156,3 +156,11 @@ def test_library_telemetry_is_off() -> None:
 
     assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert os.environ["DISABLE_TELEMETRY"] == "1"
+
+
+def test_an_image2video_folder_for_text2image_and_back_reads_right(cache_dir: Path) -> None:
+    t2i = sources.resolve("text2image", "tiny", cache_root=cache_dir).location
+    with pytest.raises(
+        ModelUnavailable, match="holds StableDiffusionPipeline, a text2image pipeline, not an image2video"
+    ):
+        sources.resolve("image2video", t2i, cache_root=cache_dir)

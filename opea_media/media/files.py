@@ -54,7 +54,9 @@ def prepare_output(path: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".opea-media-probe-")
     except OSError as err:
-        raise InvalidInput(f"cannot write to {_shown(folder)}: {describe_os_error(err)}") from None
+        # A folder that exists but takes no new files (/proc, /sys) answers "no such file".
+        reason = "files cannot be created in it" if err.errno == errno.ENOENT else describe_os_error(err)
+        raise InvalidInput(f"cannot write to {_shown(folder)}: {reason}") from None
     os.close(fd)
     os.unlink(probe)
 

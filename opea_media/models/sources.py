@@ -92,8 +92,13 @@ def _check_task(task: Task, ref: str, model_index: Path) -> None:
     holds = task_of_pipeline(class_name)
     if holds == task:
         return
-    what = f"an {holds} pipeline" if holds else "a pipeline opea-media does not run"
-    raise ModelUnavailable(f"{ref} holds {class_name}, {what}, not a {task} pipeline")
+    what = f"{_a(holds)} pipeline" if holds else "a pipeline opea-media does not run"
+    raise ModelUnavailable(f"{ref} holds {class_name}, {what}, not {_a(task)} pipeline")
+
+
+def _a(task: str) -> str:
+    """The task with its article: "a text2image", "an image2video"."""
+    return f"{'an' if task[0] in 'aeiou' else 'a'} {task}"
 
 
 def _fetch_model_index(repo_id: str) -> Path:
