@@ -191,6 +191,13 @@ def test_no_prompt_is_a_usage_error() -> None:
     assert result.exit_code == 2 and "give a PROMPT or --prompts-file" in result.stderr
 
 
+def test_a_prompts_file_of_comments_only_says_so(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# ideas for later\n\n   \n# a lighthouse\n")
+    result = invoke("generate-image", "--prompts-file", str(prompts), "--model", "tiny")
+    assert_clean_failure(result, 2, "prompts.txt holds no prompt: every line is blank or a # comment")
+
+
 @pytest.fixture
 def still(tmp_path: Path) -> Path:
     path = tmp_path / "still.png"

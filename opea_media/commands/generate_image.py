@@ -82,6 +82,8 @@ def generate_image(
 ) -> None:
     """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
+    if not prompts and prompts_file is not None:
+        raise InvalidInput(f"{prompts_file.name} holds no prompt: every line is blank or a # comment")
     if not prompts:
         raise click.UsageError("give a PROMPT or --prompts-file")
     params = Text2ImageParams(
