@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, Task, cache_root
-from ..errors import InvalidInput
+from ..errors import InvalidInput, ModelUnavailable
 from .handle import ModelHandle
 from .tuning import AppliedTuning, Tuning, auto_dtype
 
@@ -40,6 +40,7 @@ class ModelRegistry:
         dtype: str = "auto",
         cache_dir: Path | None = None,
         tuning: Tuning | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         if device not in DEVICES:
             raise InvalidInput(
@@ -50,6 +51,7 @@ class ModelRegistry:
         self._device = device
         self._dtype = dtype
         self.tuning = tuning or Tuning()
+        self._allow_pickle = allow_pickle  # weights in .bin files are pickles: loading one runs code
         self._cache_dir = cache_dir or cache_root()
         self._handles: dict[tuple[Task, str], ModelHandle[LoadedModel]] = {}
         self._lock = threading.Lock()
@@ -114,7 +116,22 @@ class ModelRegistry:
             # Random weights are made faster than a checkpoint of the same size is read from disk.
             pipe = build_preset(source.location, dtype=placement.dtype, device=placement.device)
         else:
-            pipe = DiffusionPipeline.from_pretrained(source.location, dtype=placement.dtype)
+            half = placement.dtype_name in ("float16", "bfloat16")
+            weights = sources.choose_weights(source.files, half_precision=half)
+            if weights.pickled and not self._allow_pickle:
+                raise ModelUnavailable(
+                    f"{ref} has the weights of {', '.join(weights.pickled)} only as pickle (.bin) files, "
+                    "and loading a pickle runs the code inside it; convert them to safetensors, or, if you "
+                    "trust where they came from, allow it with --allow-pickle-weights "
+                    "(OPEA_MEDIA_ALLOW_PICKLE_WEIGHTS=1)"
+                )
+            log.info("choosing the weight files", extra={"variant": weights.variant or "full precision"})
+            pipe = DiffusionPipeline.from_pretrained(
+                source.location,
+                dtype=placement.dtype,
+                variant=weights.variant,
+                use_safetensors=None if weights.pickled else True,
+            )
             pipe = pipe.to(placement.device)
         pipe.set_progress_bar_config(disable=True)
         apply_tuning(pipe, tuning)

@@ -45,6 +45,45 @@ class ModelSource:
     ref: str
     kind: Literal["builtin", "local", "hub", "preset"]
     location: str  # a folder for builtin/local, the repo id for hub, the name for preset
+    # The weight files (paths relative to the pipeline's root) that a load may choose from: the
+    # folder's, or the Hub repo's (the cached snapshot's when the Hub cannot be asked).
+    files: tuple[str, ...] = ()
+
+
+_WEIGHT = re.compile(r"\.(safetensors|bin)$")
+_VARIANT = re.compile(r"\.(?P<variant>[A-Za-z0-9_-]+)\.(safetensors|bin)$")
+_SHARD = re.compile(r"-\d{5}-of-\d{5}\.")
+
+
+def weight_files(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if _WEIGHT.search(p.name)))
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    """Which of a pipeline's weight files to load: a variant (None: full precision), and the
+    components whose chosen weights exist only as pickles (.bin: loading one runs its code)."""
+
+    variant: str | None
+    pickled: tuple[str, ...]
+
+
+def choose_weights(files: tuple[str, ...], *, half_precision: bool) -> WeightChoice:
+    """fp16 files for a 16-bit run when there are any, or when there is nothing else."""
+
+    def variant_of(name: str) -> str | None:
+        match = _VARIANT.search(_SHARD.sub(".", name.rsplit("/", 1)[-1]))  # x.fp16-00001-of-00002.safetensors
+        return match.group("variant") if match else None
+
+    fp16 = [f for f in files if variant_of(f) == "fp16"]
+    full = [f for f in files if variant_of(f) is None]
+    variant = "fp16" if fp16 and (half_precision or not full) else None
+    by_component: dict[str, set[str]] = {}
+    for name in fp16 if variant else full:
+        component, _, base = name.rpartition("/")
+        by_component.setdefault(component, set()).add(base.rsplit(".", 1)[-1])
+    pickled = tuple(sorted(c for c, kinds in by_component.items() if "safetensors" not in kinds))
+    return WeightChoice(variant, pickled)
 
 
 def task_of_pipeline(class_name: str) -> Task | None:
@@ -61,7 +100,7 @@ def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
         from .tiny import ensure_tiny
 
         folder = ensure_tiny(task, cache_root)
-        return ModelSource(ref, "builtin", str(folder))
+        return ModelSource(ref, "builtin", str(folder), weight_files(folder))
     if ref.startswith(PRESET_PREFIX):
         holds = PRESET_MODELS.get(ref)
         if holds is None:
@@ -74,14 +113,27 @@ def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
         if not path.is_dir() or not (path / "model_index.json").is_file():
             raise ModelUnavailable(f"{ref} is not a diffusers pipeline folder (it has no model_index.json)")
         _check_task(task, ref, path / "model_index.json")
-        return ModelSource(ref, "local", str(path))
+        return ModelSource(ref, "local", str(path), weight_files(path))
     if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
         raise ModelUnavailable(
             f"model {ref!r} is neither a built-in ({', '.join((*BUILTIN_MODELS, *PRESET_MODELS))}), "
             "an existing folder, nor a Hugging Face Hub id like org/name"
         )
-    _check_task(task, ref, _fetch_model_index(ref))
-    return ModelSource(ref, "hub", ref)
+    model_index = _fetch_model_index(ref)
+    _check_task(task, ref, model_index)
+    return ModelSource(ref, "hub", ref, _hub_weight_files(ref, snapshot=model_index.parent))
+
+
+def _hub_weight_files(repo_id: str, *, snapshot: Path) -> tuple[str, ...]:
+    """The repo's weight files as the Hub lists them; offline, those of the cached snapshot."""
+    from huggingface_hub import HfApi, constants
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return tuple(sorted(f for f in HfApi().list_repo_files(repo_id) if _WEIGHT.search(f)))
+        except Exception:  # noqa: BLE001 (any failure here only means: go by what is cached)
+            log.debug("listing %s on the Hub failed; using the cached files", repo_id, exc_info=True)
+    return weight_files(snapshot)
 
 
 def _check_task(task: Task, ref: str, model_index: Path) -> None:

@@ -1,0 +1,109 @@
+"""Real checkpoints as users download them: fp16 variant files, full-precision files, both, and
+pickles, each in a folder saved by diffusers' own save_pretrained."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from opea_media.errors import ModelUnavailable
+from opea_media.models import ModelRegistry
+from opea_media.models.sources import WeightChoice, choose_weights
+
+
+def _marked(pipe: Any, mark: float) -> None:
+    """Set one UNet weight to `mark`, so a loaded pipeline tells which files it was read from."""
+    with torch.no_grad():
+        pipe.unet.conv_in.bias[0] = mark
+
+
+def _save(pipe: Any, folder: Path, *, variant: str | None = None, safe: bool = True) -> None:
+    pipe.save_pretrained(folder, variant=variant, safe_serialization=safe)
+
+
+@pytest.fixture
+def folders(tiny_t2i: Any, tmp_path: Path) -> dict[str, Path]:
+    """fp16-only, full-only and both, as a Hub download of each kind leaves them."""
+    import copy
+
+    pipe = copy.deepcopy(tiny_t2i.pipe)
+    made = {name: tmp_path / name for name in ("fp16", "full", "both")}
+    _marked(pipe, 0.25)
+    _save(pipe, made["full"])
+    _save(pipe, made["both"])
+    half = pipe.to(torch.float16)
+    _marked(half, 0.5)
+    _save(half, made["fp16"], variant="fp16")
+    _save(half, made["both"], variant="fp16")
+    return made
+
+
+def _loaded_mark(folder: Path, dtype: str, cache_dir: Path, **options: Any) -> tuple[float, torch.dtype]:
+    model = ModelRegistry(device="cpu", dtype=dtype, cache_dir=cache_dir, **options).text2image(str(folder))
+    bias = model.pipe.unet.conv_in.bias.detach()
+    return float(bias[0]), bias.dtype
+
+
+def test_a_folder_of_fp16_files_only_loads_on_the_cpu_in_float32(
+    folders: dict[str, Path], cache_dir: Path
+) -> None:
+    # What the SVD model card's own variant="fp16" download leaves: it did not load at all.
+    assert _loaded_mark(folders["fp16"], "float32", cache_dir) == (0.5, torch.float32)
+
+
+def test_a_16_bit_run_reads_the_fp16_files_and_a_32_bit_run_the_full_ones(
+    folders: dict[str, Path], cache_dir: Path
+) -> None:
+    assert _loaded_mark(folders["both"], "bfloat16", cache_dir) == (0.5, torch.bfloat16)
+    assert _loaded_mark(folders["both"], "float32", cache_dir) == (0.25, torch.float32)
+    assert _loaded_mark(folders["full"], "bfloat16", cache_dir) == (0.25, torch.bfloat16)
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_t2i: Any, tmp_path: Path, cache_dir: Path) -> None:
+    folder = tmp_path / "pickles"
+    _save(tiny_t2i.pipe, folder, safe=False)  # diffusers writes .bin; transformers keeps safetensors
+    assert list((folder / "unet").glob("*.bin")) and not list((folder / "unet").glob("*.safetensors"))
+    refused = r"weights of unet, vae only as pickle \(\.bin\) files.*runs the code.*--allow-pickle-weights"
+    with pytest.raises(ModelUnavailable, match=refused):
+        ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir).text2image(str(folder))
+    mark, _ = _loaded_mark(folder, "float32", cache_dir, allow_pickle=True)
+    assert mark == pytest.approx(float(tiny_t2i.pipe.unet.conv_in.bias[0].detach()))
+
+
+def test_a_hub_cache_of_fp16_files_only_loads_offline(folders: dict[str, Path], tmp_path: Path) -> None:
+    # A fresh process, so huggingface_hub reads HF_HOME and HF_HUB_OFFLINE as a user's would.
+    hf_home = tmp_path / "hf"
+    repo = hf_home / "hub" / "models--someone--sd21-fp16"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folders["fp16"], repo / "snapshots" / sha)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    code = (
+        "from opea_media.models import ModelRegistry\n"
+        "m = ModelRegistry(device='cpu', dtype='float32').text2image('someone/sd21-fp16')\n"
+        "print(float(m.pipe.unet.conv_in.bias[0].detach()))\n"
+    )
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0.5"
+
+
+def test_sharded_and_variant_file_names_are_read_as_diffusers_writes_them() -> None:
+    files = (
+        "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "text_encoder/model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+        "vae/diffusion_pytorch_model.bin",
+    )
+    assert choose_weights(files, half_precision=True) == WeightChoice("fp16", pickled=())
+    assert choose_weights(files, half_precision=False) == WeightChoice(None, pickled=("vae",))
