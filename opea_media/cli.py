@@ -56,6 +56,7 @@ def cli(verbose: int) -> None:
     offline from the command line or as the OPEA text2image / image2video services."""
     level = {0: logging.CRITICAL, 1: logging.INFO}.get(verbose, logging.DEBUG)
     handler = logging.StreamHandler()
+    handler.setLevel(level)  # libraries' records reach it too, whatever their loggers' levels
     handler.setFormatter(DetailFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
 

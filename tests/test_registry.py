@@ -164,3 +164,44 @@ def test_an_image2video_folder_for_text2image_and_back_reads_right(cache_dir: Pa
         ModelUnavailable, match="holds StableDiffusionPipeline, a text2image pipeline, not an image2video"
     ):
         sources.resolve("image2video", t2i, cache_root=cache_dir)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # nothing listens there once the socket is closed
+
+
+def test_without_the_network_an_uncached_model_fails_at_once_in_one_line(tmp_path: Path) -> None:
+    # HF_HUB_OFFLINE unset, as on a user's machine with the network down: huggingface_hub retried
+    # for 34-41 s and printed 22 warning lines; one quick look at the Hub now says it is not there.
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    script = Path(sys.executable).with_name("opea-media")
+    out = subprocess.run(
+        [str(script), "generate-image", "a cat", "-o", str(tmp_path / "cat.png")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 3, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "is not in the local cache" in lines[0] and "could not be reached" in lines[0]
+
+
+def test_a_cached_hub_model_loads_when_the_hub_is_out_of_reach(cache_dir: Path, tmp_path: Path) -> None:
+    hf_home = tmp_path / "hf"
+    _fake_hub_cache(
+        hf_home / "hub",
+        "someone/tiny-sd21",
+        sources.resolve("text2image", "tiny", cache_root=cache_dir).location,
+    )
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_HOME": str(hf_home), "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}"}
+    code = "from opea_media.models import ModelRegistry\nModelRegistry().text2image('someone/tiny-sd21')\n"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

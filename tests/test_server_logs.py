@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from opea_media.server.logs import JsonFormatter, adopt_library_loggers, configure_logging, request_id_var
+from opea_media.models.registry import tame_libraries
+from opea_media.server.logs import JsonFormatter, configure_logging, request_id_var
 
 
 @pytest.fixture
@@ -116,6 +117,8 @@ def test_library_loggers_with_their_own_handlers_are_routed_through_json() -> No
     diffusers_logging.get_logger("diffusers.pipelines").warning("touch the library root logger")
     stream = io.StringIO()
     configure_logging("info", stream=stream)
-    adopt_library_loggers()
+    tame_libraries.cache_clear()
+    tame_libraries()
     logging.getLogger("diffusers.pipelines").warning("from diffusers")
-    assert [entry["message"] for entry in lines(stream)] == ["from diffusers"]
+    logging.getLogger("huggingface_hub.utils._http").warning("from huggingface_hub")
+    assert [entry["message"] for entry in lines(stream)] == ["from diffusers", "from huggingface_hub"]

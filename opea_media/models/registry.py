@@ -10,7 +10,7 @@ import functools
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, Task, cache_root
 from ..errors import InvalidInput, ModelUnavailable
@@ -76,31 +76,26 @@ class ModelRegistry:
         return self.tuning.resolve(task, self.placement_for(task).device)
 
     def text2image(self, ref: str | None = None) -> Text2ImageModel:
-        from .text2image import Text2ImageModel
-
-        model = self.handle("text2image", ref).load()
-        assert isinstance(model, Text2ImageModel)
-        return model
+        return cast("Text2ImageModel", self.handle("text2image", ref).load())
 
     def image2video(self, ref: str | None = None) -> Image2VideoModel:
-        from .image2video import Image2VideoModel
-
-        model = self.handle("image2video", ref).load()
-        assert isinstance(model, Image2VideoModel)
-        return model
+        return cast("Image2VideoModel", self.handle("image2video", ref).load())
 
     def _load(self, task: Task, ref: str) -> LoadedModel:
-        _quiet_library_progress_bars()
+        from . import sources
+
+        # First where the model is (huggingface_hub only): a model that cannot be had is said in
+        # a second, before torch and diffusers take theirs to import.
+        source = sources.resolve(task, ref, cache_root=self._cache_dir)
+        tame_libraries()
         from diffusers import DiffusionPipeline
 
-        from . import sources
         from .image2video import Image2VideoModel
         from .pipeline_tuning import apply_tuning
         from .text2image import Text2ImageModel
 
         placement = self.placement_for(task)
         tuning = self.tuning.resolve(task, placement.device)
-        source = sources.resolve(task, ref, cache_root=self._cache_dir)
         log.info(
             "reading the pipeline",
             extra={
@@ -131,6 +126,7 @@ class ModelRegistry:
                 dtype=placement.dtype,
                 variant=weights.variant,
                 use_safetensors=None if weights.pickled else True,
+                local_files_only=source.cached_only,
             )
             pipe = pipe.to(placement.device)
         pipe.set_progress_bar_config(disable=True)
@@ -140,9 +136,15 @@ class ModelRegistry:
         return Image2VideoModel(pipe, ref=ref, decode_chunk_size=tuning.decode_chunk_size)
 
 
+# Libraries that attach a plain-text handler of their own to their root logger when imported.
+LIBRARY_LOGGERS = ("diffusers", "transformers", "huggingface_hub")
+
+
 @functools.cache
-def _quiet_library_progress_bars() -> None:
-    """Loading a pipeline from disk takes a second; its tqdm bars are noise on our output.
+def tame_libraries() -> None:
+    """Before a load: no tqdm bars for reading a pipeline from disk, and the libraries' log records
+    through the application's handlers only (JSON in the service, once, at -v's level in the CLI),
+    not also through their own plain-text ones.
 
     transformers' switch also silences huggingface_hub's download bars, which are worth seeing
     on a first multi-GB download, so those are turned back on unless the user turned them off.
@@ -150,9 +152,21 @@ def _quiet_library_progress_bars() -> None:
     import diffusers.utils.logging
     import huggingface_hub.constants
     import huggingface_hub.utils
+    import huggingface_hub.utils.logging
     import transformers.utils.logging
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:
         huggingface_hub.utils.enable_progress_bars()
+    # Each library adds its handler on first use of its own get_logger: use it, then take it off.
+    for library_logging in (
+        diffusers.utils.logging,
+        transformers.utils.logging,
+        huggingface_hub.utils.logging,
+    ):
+        library_logging.get_logger()
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True

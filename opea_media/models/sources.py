@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,8 @@ class ModelSource:
     # The weight files (paths relative to the pipeline's root) that a load may choose from: the
     # folder's, or the Hub repo's (the cached snapshot's when the Hub cannot be asked).
     files: tuple[str, ...] = ()
+    # A Hub model to load from the local cache only: the Hub is out of reach (or HF_HUB_OFFLINE).
+    cached_only: bool = False
 
 
 _WEIGHT = re.compile(r"\.(safetensors|bin)$")
@@ -119,21 +122,49 @@ def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
             f"model {ref!r} is neither a built-in ({', '.join((*BUILTIN_MODELS, *PRESET_MODELS))}), "
             "an existing folder, nor a Hugging Face Hub id like org/name"
         )
-    model_index = _fetch_model_index(ref)
+    unreachable = hub_unreachable()
+    model_index = _fetch_model_index(ref, unreachable=unreachable)
     _check_task(task, ref, model_index)
-    return ModelSource(ref, "hub", ref, _hub_weight_files(ref, snapshot=model_index.parent))
+    files = weight_files(model_index.parent) if unreachable else _hub_weight_files(ref, model_index.parent)
+    return ModelSource(ref, "hub", ref, files, cached_only=unreachable is not None)
 
 
-def _hub_weight_files(repo_id: str, *, snapshot: Path) -> tuple[str, ...]:
-    """The repo's weight files as the Hub lists them; offline, those of the cached snapshot."""
-    from huggingface_hub import HfApi, constants
+HUB_PROBE_SECONDS = 2.0
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
-    if not constants.HF_HUB_OFFLINE:
-        try:
-            return tuple(sorted(f for f in HfApi().list_repo_files(repo_id) if _WEIGHT.search(f)))
-        except Exception:  # noqa: BLE001 (any failure here only means: go by what is cached)
-            log.debug("listing %s on the Hub failed; using the cached files", repo_id, exc_info=True)
-    return weight_files(snapshot)
+
+def hub_unreachable() -> str | None:
+    """Why the Hub cannot be reached, after one quick look; None when it answers (or behind a proxy).
+
+    huggingface_hub retries a failed connection five times over half a minute, printing each try;
+    a machine without the network should hear "not in the cache" at once instead.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return None  # only the proxy knows; let huggingface_hub ask it
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"the Hub ({endpoint.hostname}) could not be reached: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _hub_weight_files(repo_id: str, snapshot: Path) -> tuple[str, ...]:
+    """The repo's weight files as the Hub lists them; those of the cached snapshot if it won't say."""
+    from huggingface_hub import HfApi
+
+    try:
+        return tuple(sorted(f for f in HfApi().list_repo_files(repo_id) if _WEIGHT.search(f)))
+    except Exception:  # noqa: BLE001 (any failure here only means: go by what is cached)
+        log.debug("listing %s on the Hub failed; using the cached files", repo_id, exc_info=True)
+        return weight_files(snapshot)
 
 
 def _check_task(task: Task, ref: str, model_index: Path) -> None:
@@ -153,7 +184,7 @@ def _a(task: str) -> str:
     return f"{'an' if task[0] in 'aeiou' else 'a'} {task}"
 
 
-def _fetch_model_index(repo_id: str) -> Path:
+def _fetch_model_index(repo_id: str, *, unreachable: str | None) -> Path:
     # Fetch the small index first: it tells the task before gigabytes move, and its errors
     # are the precise ones (gated, missing, offline) that a person can act on.
     from huggingface_hub import constants, hf_hub_download
@@ -166,7 +197,7 @@ def _fetch_model_index(repo_id: str) -> Path:
     )
 
     try:
-        return Path(hf_hub_download(repo_id, "model_index.json"))
+        return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=unreachable is not None))
     except GatedRepoError:
         raise ModelUnavailable(
             f"{repo_id} is gated: accept its licence at https://huggingface.co/{repo_id} "
@@ -177,7 +208,7 @@ def _fetch_model_index(repo_id: str) -> Path:
             f"{repo_id} was not found on the Hugging Face Hub (a private model needs HF_TOKEN)"
         ) from None
     except LocalEntryNotFoundError:
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub could not be reached"
+        why = unreachable or "the Hub could not be reached"
         raise ModelUnavailable(
             f"{repo_id} is not in the local cache ({constants.HF_HUB_CACHE}) and {why}. {WAYS_OUT}"
         ) from None

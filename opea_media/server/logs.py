@@ -89,13 +89,3 @@ def configure_logging(level: str, *, stream: TextIO | None = None) -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, own_level))
     logging.captureWarnings(True)
     quiet_progress_bars()
-
-
-def adopt_library_loggers() -> None:
-    """transformers and diffusers attach their own plain-text handlers when first imported;
-    send their records through the JSON handler instead. Call after they are imported."""
-    for name in ("transformers", "diffusers"):
-        library = logging.getLogger(name)
-        for handler in list(library.handlers):
-            library.removeHandler(handler)
-        library.propagate = True

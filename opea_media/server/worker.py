@@ -29,7 +29,6 @@ from ..errors import (
 )
 from ..models.handle import ModelHandle, ModelState
 from .jobs import DEADLINE, RUNNERS, SHUTDOWN, Job
-from .logs import adopt_library_loggers
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -171,8 +170,6 @@ class InferenceWorker:
                 model = self.handle.load()
             except OpeaMediaError:
                 return  # the handle keeps the reason; health checks and every 503 report it
-            finally:
-                adopt_library_loggers()  # diffusers and transformers are imported by now
             while True:
                 batch = self._next_batch()
                 if batch is None:
