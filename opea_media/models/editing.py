@@ -7,16 +7,24 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import InvalidInput
 from ..media.images import fit_image, to_rgb
 from ..params import TEXT2IMAGE_DEFAULT_STRENGTH, Text2ImageParams
+
+# The image-to-image and inpainting classes of each text-to-image pipeline class that has them.
+EDIT_PIPELINES: dict[str, tuple[str, str]] = {
+    "StableDiffusionPipeline": ("StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"),
+    "StableDiffusionXLPipeline": ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline"),
+}
 
 
 class EditPipelines:
     """The image-to-image and inpainting pipelines of one loaded text-to-image pipeline.
 
-    Each is built on first use from the same UNet, VAE, text encoder, tokenizer and scheduler
-    objects, so the weights stay in memory once and the levers set on
-    them (attention slicing, VAE tiling, channels-last, guidance split) hold for every mode.
+    Each is built on first use from the same UNet, VAE, text encoders, tokenizers and scheduler
+    objects, so the weights stay in memory once and the levers set on them (attention slicing,
+    VAE tiling, channels-last, guidance split) hold for every mode. Not diffusers' from_pipe: it
+    casts the shared modules to float32 unless told the dtype, and warns on every call.
     """
 
     def __init__(self, pipe: Any) -> None:
@@ -24,19 +32,35 @@ class EditPipelines:
         self._built: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    @property
+    def supported(self) -> bool:
+        return type(self._pipe).__name__ in EDIT_PIPELINES
+
     def get(self, *, inpaint: bool) -> Any:
         kind = "inpaint" if inpaint else "img2img"
         with self._lock:
             if kind not in self._built:
-                from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
-
-                cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionImg2ImgPipeline
-                # Not from_pipe: it casts the shared modules to float32 unless told the dtype.
-                safety = bool(self._pipe.config.get("requires_safety_checker", False))
-                pipe = cls(**self._pipe.components, requires_safety_checker=safety)
-                pipe.set_progress_bar_config(disable=True)
-                self._built[kind] = pipe
+                self._built[kind] = self._build(inpaint)
             return self._built[kind]
+
+    def _build(self, inpaint: bool) -> Any:
+        import diffusers
+
+        base = self._pipe
+        names = EDIT_PIPELINES.get(type(base).__name__)
+        if names is None:
+            raise InvalidInput(
+                f"this model ({type(base).__name__}) cannot edit images; image-to-image and inpainting "
+                "need a Stable Diffusion or SDXL pipeline"
+            )
+        cls = getattr(diffusers, names[inpaint])
+        modules, options = cls._get_signature_keys(cls)
+        pipe = cls(
+            **{k: v for k, v in base.components.items() if k in modules},
+            **{k: base.config[k] for k in options if k in base.config},
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 def strength_of(params: Text2ImageParams) -> float:

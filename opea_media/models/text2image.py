@@ -103,6 +103,11 @@ class Text2ImageModel:
                 results[r] += images[j * count : (j + 1) * count]
         return results
 
+    @property
+    def can_edit(self) -> bool:
+        """Whether edit() works with this pipeline (Stable Diffusion and SDXL; else InvalidInput)."""
+        return self._edit_pipes.supported
+
     def edit_steps(self, params: Text2ImageParams) -> int:
         """How many steps each pipeline call of edit(params) denoises: int(steps * strength), at least 1."""
         return denoising_steps(params.num_inference_steps, strength_of(params))
