@@ -167,19 +167,23 @@ def test_generate_still_refuses_a_strength(tiny_t2i: Text2ImageModel) -> None:
 
 def test_editing_shares_the_loaded_weights(tiny_t2i: Text2ImageModel, photo: Image.Image) -> None:
     base = tiny_t2i.pipe
+    # First the one-off costs (diffusers' modules imported, first-call buffers), then a new model
+    # around the same pipeline builds its own edit pipelines.
+    tiny_t2i.edit(params(strength=0.5), photo)
+    tiny_t2i.edit(params(strength=0.5), photo, mask=right_half_white())
     fresh = Text2ImageModel(base, ref="tiny")
     gc.collect()
     before = _rss()
-    fresh.edit(params(strength=0.5), photo)
-    fresh.edit(params(strength=0.5), photo, mask=right_half_white())
+    pipes = [fresh._edit_pipes.get(inpaint=False), fresh._edit_pipes.get(inpaint=True)]
     gc.collect()
     grown = _rss() - before
+    fresh.edit(params(strength=0.5), photo, mask=right_half_white())
     weights = sum(
         t.numel() * t.element_size()
         for module in (base.unet, base.vae, base.text_encoder)
         for t in [*module.parameters(), *module.buffers()]
     )
-    pipes = [fresh._edit_pipes.get(inpaint=False), fresh._edit_pipes.get(inpaint=True)]
+    assert pipes == [fresh._edit_pipes.get(inpaint=False), fresh._edit_pipes.get(inpaint=True)]  # built once
     for pipe in pipes:
         for name in ("unet", "vae", "text_encoder", "tokenizer"):
             assert getattr(pipe, name) is getattr(base, name), name
@@ -208,3 +212,20 @@ def test_text_to_image_after_edits_keeps_its_pixels(tiny_t2i: Text2ImageModel, p
 def _rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * 4096
+
+
+def test_a_pipeline_without_edit_variants_is_refused_in_words(
+    tiny_t2i: Text2ImageModel, photo: Image.Image
+) -> None:
+    from types import SimpleNamespace
+
+    from opea_media.errors import InvalidInput
+
+    assert tiny_t2i.can_edit
+    other = Text2ImageModel(
+        SimpleNamespace(scheduler=tiny_t2i.pipe.scheduler, unet=tiny_t2i.pipe.unet, vae_scale_factor=8),
+        ref="x",
+    )
+    assert not other.can_edit
+    with pytest.raises(InvalidInput, match=r"this model \(SimpleNamespace\) cannot edit images"):
+        other.edit(params(strength=0.5), photo)
