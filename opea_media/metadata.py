@@ -12,10 +12,14 @@ def text2image_metadata(params: Text2ImageParams, *, model: str) -> dict[str, st
     lines = [params.prompt]
     if params.negative_prompt:
         lines.append(f"Negative prompt: {params.negative_prompt}")
-    lines.append(
+    settings = (
         f"Steps: {params.num_inference_steps}, Sampler: {params.scheduler}, "
         f"CFG scale: {params.guidance_scale}, Seed: {params.seed}, Size: {size}, Model: {model}"
     )
+    if params.strength is not None:  # an image-to-image or inpainting run; A1111's words for it
+        settings += f", Denoising strength: {params.strength}"
+    lines.append(settings)
+    extra = {} if params.strength is None else {"strength": str(params.strength)}
     return {
         "parameters": "\n".join(lines),
         "prompt": params.prompt,
@@ -26,5 +30,6 @@ def text2image_metadata(params: Text2ImageParams, *, model: str) -> dict[str, st
         "scheduler": params.scheduler,
         "size": size,
         "model": model,
+        **extra,
         "software": f"opea-media {__version__}",
     }

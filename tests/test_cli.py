@@ -285,3 +285,106 @@ def test_the_readme_lists_the_levers_as_help_describes_them() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     generated = readme.split(README_START, 1)[1].split(README_END, 1)[0].strip()
     assert generated == levers_markdown(), "run: python -m opea_media.commands.model_options README.md"
+
+
+# --- image-to-image and inpainting -----------------------------------------------------------------
+
+
+@pytest.fixture
+def mask(tmp_path: Path) -> Path:
+    """White (repaint) on the right half of the still's 96x80 frame."""
+    path = tmp_path / "mask.png"
+    image = Image.new("L", (96, 80), 0)
+    image.paste(255, (48, 0, 96, 80))
+    image.save(path)
+    return path
+
+
+def test_init_image_edits_it_and_records_the_strength(tmp_path: Path, still: Path) -> None:
+    a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    # 4 steps: strength 0.5 denoises 2 of them, the default 0.8 three.
+    common = ["generate-image", "a red fox", "--init-image", str(still), "--seed", "5", *FAST, "--steps", "4"]
+    result = invoke(*common, "--strength", "0.5", "-o", str(a))
+    assert result.exit_code == 0, result.output
+    assert f"{a} (seed 5)" in result.stdout
+    invoke(*common, "--strength", "0.5", "-o", str(b))
+    invoke(*common, "-o", str(c))  # the default strength, 0.8
+    with Image.open(a) as image:
+        assert image.size == (64, 64)
+        text = dict(image.text)  # type: ignore[attr-defined]
+    assert text["strength"] == "0.5" and text["parameters"].endswith(", Denoising strength: 0.5")
+    assert Image.open(c).text["strength"] == "0.8"  # type: ignore[attr-defined]
+    arrays = [np.asarray(Image.open(p)) for p in (a, b, c)]
+    assert np.array_equal(arrays[0], arrays[1]) and not np.array_equal(arrays[0], arrays[2])
+    # A plain run records no strength.
+    invoke("generate-image", "a red fox", "-o", str(a), "--seed", "5", *FAST)
+    text = dict(Image.open(a).text)  # type: ignore[attr-defined]
+    assert "strength" not in text and "Denoising strength" not in text["parameters"]
+
+
+def test_mask_inpaints_each_image_from_its_own_seed(tmp_path: Path, still: Path, mask: Path) -> None:
+    out = tmp_path / "inpainted.png"
+    args = ["generate-image", "a red fox", "--init-image", str(still), "--mask", str(mask), *FAST]
+    result = invoke(*args, "-n", "2", "--seed", "20", "--width", "96", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    files = [tmp_path / "inpainted-1.png", tmp_path / "inpainted-2.png"]
+    assert [Image.open(f).text["seed"] for f in files] == ["20", "21"]  # type: ignore[attr-defined]
+    assert {Image.open(f).size for f in files} == {(96, 64)}
+    # The second image, made again on its own from its recorded seed.
+    again = tmp_path / "again.png"
+    invoke(*args, "--seed", "21", "--width", "96", "-o", str(again))
+    diff = np.abs(np.asarray(Image.open(again), np.int16) - np.asarray(Image.open(files[1]), np.int16))
+    assert diff.max() <= 2
+    plain = tmp_path / "img2img.png"
+    invoke(
+        "generate-image",
+        "a red fox",
+        "--init-image",
+        str(still),
+        *FAST,
+        "--seed",
+        "21",
+        "--width",
+        "96",
+        "-o",
+        str(plain),
+    )
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(again)))
+
+
+def test_the_strength_variable_applies_to_image_to_image_runs_only(tmp_path: Path, still: Path) -> None:
+    out = tmp_path / "env.png"
+    env = {"OPEA_MEDIA_STRENGTH": "0.3"}
+    args = ["generate-image", "a cat", "-o", str(out), *FAST]
+    result = CliRunner().invoke(cli, [*args, "--init-image", str(still)], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).text["strength"] == "0.3"  # type: ignore[attr-defined]
+    # Set for the shell, it does not turn plain runs into errors; --strength itself would.
+    result = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "strength" not in Image.open(out).text  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, s, m: ["--init-image", str(d / "missing.png")], "missing.png: no such file"),
+        (
+            lambda d, s, m: ["--init-image", str(s), "--mask", str(d / "nomask.png")],
+            "nomask.png: no such file",
+        ),
+        (lambda d, s, m: ["--init-image", str(d / "corrupt.png")], "corrupt.png"),
+        (lambda d, s, m: ["--mask", str(m)], "--mask needs --init-image"),
+        (lambda d, s, m: ["--strength", "0.5"], "--strength needs --init-image"),
+        (lambda d, s, m: ["--init-image", str(s), "--strength", "1.5"], "must be between 0 and 1, got 1.5"),
+        (lambda d, s, m: ["--init-image", str(s), "--strength", "-0.1"], "must be between 0 and 1, got -0.1"),
+        (lambda d, s, m: ["--init-image", str(s), "--strength", "nan"], "must be a finite number"),
+    ],
+)
+def test_editing_bad_input(tmp_path: Path, still: Path, mask: Path, make_args, message: str) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    before = set(tmp_path.iterdir())
+    out = tmp_path / "out" / "edit.png"
+    result = invoke("generate-image", "a cat", "-o", str(out), *FAST, *make_args(tmp_path, still, mask))
+    assert_clean_failure(result, 2, message)
+    assert set(tmp_path.iterdir()) == before  # no output folder made, nothing written

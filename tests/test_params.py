@@ -26,6 +26,10 @@ from opea_media.params import Image2VideoParams, Text2ImageParams, image_seed, r
         ({"guidance_scale": -1}, "guidance_scale: must be between 0 and 50"),
         ({"seed": -1}, "seed: must be between 0 and 4294967295"),
         ({"scheduler": "lms"}, "scheduler: unknown scheduler 'lms'"),
+        ({"strength": 1.01}, "strength: must be between 0 and 1, got 1.01"),
+        ({"strength": -0.5}, "strength: must be between 0 and 1, got -0.5"),
+        ({"strength": math.inf}, "strength: must be a finite number"),
+        ({"strength": "0.5"}, "strength: must be a number"),
     ],
 )
 def test_text2image_params_name_the_bad_field(fields: dict, message: str) -> None:
@@ -55,6 +59,7 @@ def test_batch_key_ignores_prompt_and_seed_only() -> None:
     a = Text2ImageParams(prompt="a cat", seed=1)
     assert a.batch_key() == Text2ImageParams(prompt="a dog", seed=2).batch_key()
     assert a.batch_key() != Text2ImageParams(prompt="a cat", seed=1, num_inference_steps=3).batch_key()
+    assert a.batch_key() != Text2ImageParams(prompt="a cat", seed=1, strength=0.5).batch_key()
 
 
 def test_seeds_are_random_unless_given_and_wrap_within_range() -> None:

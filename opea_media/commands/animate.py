@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from ..config import DEFAULT_FETCH_TIMEOUT, Task
+from ..config import Task
 from ..models.tuning import Tuning
 from ..params import (
     FPS,
@@ -24,13 +23,11 @@ from ..params import (
     per_output,
     resolve_seed,
 )
+from .inputs import read_images
 from .model_options import ModelChoice, model_options
 from .options import EnvCommand, LimitType, generation_options
 from .outputs import numbered_paths
 from .progress import Reporter
-
-if TYPE_CHECKING:
-    from PIL import Image
 
 TASK: Task = "image2video"
 
@@ -155,15 +152,3 @@ def run(
         size = f"{info.width}x{info.height}"
         reporter.info(f"{path} ({info.frames} frames, {size}, {params.fps} fps, seed {clip_params.seed})")
     return paths
-
-
-def read_images(sources: list[str]) -> list[Image.Image]:
-    """Files or http(s) URLs (or data URIs); the person running the CLI may reach their own network."""
-    from ..media.fetch import UrlPolicy
-    from ..media.sources import load_images
-
-    policy = UrlPolicy(allow_private=True)
-    loading = load_images(
-        sources, fields=sources, policy=policy, fetch_timeout=DEFAULT_FETCH_TIMEOUT, files=True
-    )
-    return asyncio.run(loading)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
+from click.core import ParameterSource
 
 from ..config import Task
 from ..errors import InvalidInput
@@ -16,18 +17,24 @@ from ..params import (
     GUIDANCE_SCALE,
     NUM_IMAGES,
     SCHEDULERS,
+    STRENGTH,
     TEXT2IMAGE_DEFAULT_GUIDANCE,
     TEXT2IMAGE_DEFAULT_SCHEDULER,
     TEXT2IMAGE_DEFAULT_STEPS,
+    TEXT2IMAGE_DEFAULT_STRENGTH,
     Text2ImageParams,
     image_seed,
     per_output,
     resolve_seed,
 )
+from .inputs import read_images
 from .model_options import ModelChoice, model_options
 from .options import EnvCommand, LimitType, generation_options
 from .outputs import numbered_paths
 from .progress import Reporter
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TASK: Task = "text2image"
 
@@ -60,6 +67,25 @@ TASK: Task = "text2image"
     default=TEXT2IMAGE_DEFAULT_SCHEDULER,
     help="The sampler; 'default' is the one the model ships with.",
 )
+@click.option(
+    "--init-image",
+    default=None,
+    metavar="PATH|URL",
+    help="Start from this image instead of noise (image-to-image); it is fitted to the output size.",
+)
+@click.option(
+    "--strength",
+    type=LimitType(STRENGTH, integer=False),
+    default=None,
+    help="With --init-image: how far to move from it, 0 (least change) to 1 (ignore it); it "
+    f"denoises int(steps x strength) steps, at least one. Default {TEXT2IMAGE_DEFAULT_STRENGTH}.",
+)
+@click.option(
+    "--mask",
+    default=None,
+    metavar="PATH|URL",
+    help="With --init-image: inpaint; white areas of the mask are repainted, black ones kept.",
+)
 @generation_options(TEXT2IMAGE_DEFAULT_STEPS)
 @model_options(TASK)
 def generate_image(
@@ -70,6 +96,9 @@ def generate_image(
     guidance_scale: float,
     negative_prompt: str | None,
     scheduler: str,
+    init_image: str | None,
+    strength: float | None,
+    mask: str | None,
     steps: int,
     seed: int | None,
     height: int | None,
@@ -86,6 +115,15 @@ def generate_image(
         raise InvalidInput(f"{prompts_file.name} holds no prompt: every line is blank or a # comment")
     if not prompts:
         raise click.UsageError("give a PROMPT or --prompts-file")
+    if init_image is None:
+        if mask is not None:
+            raise click.UsageError("--mask needs --init-image, the image to inpaint")
+        # OPEA_MEDIA_STRENGTH sets the strength of image-to-image runs; a plain run has none.
+        if strength is not None and _given(click.get_current_context(), "strength"):
+            raise click.UsageError("--strength needs --init-image, the image to start from")
+        strength = None
+    elif strength is None:
+        strength = TEXT2IMAGE_DEFAULT_STRENGTH
     params = Text2ImageParams(
         prompt=prompts[0],
         negative_prompt=negative_prompt,
@@ -96,9 +134,23 @@ def generate_image(
         width=width,
         seed=seed,
         scheduler=scheduler,
+        strength=strength,
     )
     choice = ModelChoice(model, device, dtype, Tuning(**levers))
-    run(prompts=prompts, output=output, params=params, model=choice, quiet=quiet)
+    run(
+        prompts=prompts,
+        output=output,
+        params=params,
+        model=choice,
+        init_image=init_image,
+        mask=mask,
+        quiet=quiet,
+    )
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)
 
 
 def read_prompts(lines: Iterable[str]) -> list[str]:
@@ -107,15 +159,38 @@ def read_prompts(lines: Iterable[str]) -> list[str]:
 
 
 def run(
-    *, prompts: list[str], output: Path, params: Text2ImageParams, model: ModelChoice, quiet: bool = False
+    *,
+    prompts: list[str],
+    output: Path,
+    params: Text2ImageParams,
+    model: ModelChoice,
+    init_image: str | None = None,
+    mask: str | None = None,
+    quiet: bool = False,
 ) -> list[Path]:
-    """Write `params.num_images_per_prompt` PNGs per prompt; returns the paths in prompt order."""
+    """Write `params.num_images_per_prompt` PNGs per prompt; returns the paths in prompt order.
+
+    With `init_image` (a file or URL) every prompt edits that image: image-to-image, or inpainting
+    under `mask` (white: repaint); `params.strength` None there means the default strength.
+    """
     from ..media.files import prepare_output, write_atomic
     from ..media.images import encode_png
     from ..metadata import text2image_metadata
 
     if output.suffix.lower() != ".png":
         raise InvalidInput(f"the output must be a .png file, got {str(output)!r}")
+    if mask is not None and init_image is None:
+        raise InvalidInput("a mask needs an init image to inpaint")
+    image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    if init_image is not None:
+        # Before the model loads: a missing file costs nothing.
+        read = read_images([init_image] if mask is None else [init_image, mask])
+        image, mask_image = read[0], (read[1] if mask is not None else None)
+        if params.strength is None:
+            params = dataclasses.replace(params, strength=TEXT2IMAGE_DEFAULT_STRENGTH)
+    elif params.strength is not None:
+        raise InvalidInput("a strength needs an init image to start from")
     base_seed = resolve_seed(params.seed)
     num_images = params.num_images_per_prompt
     # Consecutive seeds, one per image: any single image can be made again on its own.
@@ -133,11 +208,15 @@ def run(
     for i, request in enumerate(requests):
         request = t2i.complete(request)
         label = f"prompt {i + 1}/{len(requests)}" if len(requests) > 1 else "generating"
-        with reporter.steps(label, params.num_inference_steps) as on_step:
-            images = t2i.generate([request], on_step=on_step)[0]
-        for image, image_params in zip(images, per_output(request, len(images)), strict=True):
+        if image is None:
+            with reporter.steps(label, params.num_inference_steps) as on_step:
+                images = t2i.generate([request], on_step=on_step)[0]
+        else:
+            with reporter.steps(label, t2i.edit_steps(request)) as on_step:
+                images = t2i.edit(request, image, mask=mask_image, on_step=on_step)
+        for made, image_params in zip(images, per_output(request, len(images)), strict=True):
             path = paths[len(written)]
-            write_atomic(path, encode_png(image, metadata=text2image_metadata(image_params, model=model.ref)))
+            write_atomic(path, encode_png(made, metadata=text2image_metadata(image_params, model=model.ref)))
             written.append(path)
             reporter.info(f"{path} (seed {image_params.seed})")
     return written
