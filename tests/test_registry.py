@@ -73,7 +73,7 @@ def test_uncached_hub_model_offline_gives_the_ways_out(cache_dir: Path) -> None:
         handle.get()
 
 
-def _fake_hub_cache(hub_cache: Path, repo_id: str, folder: str) -> None:
+def fake_hub_cache(hub_cache: Path, repo_id: str, folder: str) -> None:
     """Lay out a pipeline as huggingface_hub caches a download (refs/main -> snapshots/<sha>)."""
     repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
     sha = "0123456789abcdef0123456789abcdef01234567"
@@ -86,7 +86,7 @@ def test_cached_hub_model_loads_with_the_network_gone(cache_dir: Path, tmp_path:
     # A fresh process, so huggingface_hub reads HF_HOME and HF_HUB_OFFLINE as a user's would.
     hf_home = tmp_path / "hf"
     tiny = sources.resolve("text2image", "tiny", cache_root=cache_dir).location
-    _fake_hub_cache(hf_home / "hub", "someone/tiny-sd21", tiny)
+    fake_hub_cache(hf_home / "hub", "someone/tiny-sd21", tiny)
     code = (
         "from opea_media.models import ModelRegistry\n"
         "m = ModelRegistry(device='cpu').text2image('someone/tiny-sd21')\n"
@@ -195,7 +195,7 @@ def test_without_the_network_an_uncached_model_fails_at_once_in_one_line(tmp_pat
 
 def test_a_cached_hub_model_loads_when_the_hub_is_out_of_reach(cache_dir: Path, tmp_path: Path) -> None:
     hf_home = tmp_path / "hf"
-    _fake_hub_cache(
+    fake_hub_cache(
         hf_home / "hub",
         "someone/tiny-sd21",
         sources.resolve("text2image", "tiny", cache_root=cache_dir).location,

@@ -4,7 +4,6 @@ pickles, each in a folder saved by diffusers' own save_pretrained."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_registry import fake_hub_cache
 
 from opea_media.errors import ModelUnavailable
 from opea_media.models import ModelRegistry
@@ -80,11 +80,7 @@ def test_pickle_weights_are_refused_unless_allowed(tiny_t2i: Any, tmp_path: Path
 def test_a_hub_cache_of_fp16_files_only_loads_offline(folders: dict[str, Path], tmp_path: Path) -> None:
     # A fresh process, so huggingface_hub reads HF_HOME and HF_HUB_OFFLINE as a user's would.
     hf_home = tmp_path / "hf"
-    repo = hf_home / "hub" / "models--someone--sd21-fp16"
-    sha = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(folders["fp16"], repo / "snapshots" / sha)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(sha)
+    fake_hub_cache(hf_home / "hub", "someone/sd21-fp16", str(folders["fp16"]))
     code = (
         "from opea_media.models import ModelRegistry\n"
         "m = ModelRegistry(device='cpu', dtype='float32').text2image('someone/sd21-fp16')\n"
