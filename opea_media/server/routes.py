@@ -3,6 +3,7 @@ OpenAPI document are both built from it (app.py, openapi.py)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,19 +11,24 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import TASKS, Task
-from . import handlers
+from . import handlers, openai_api, outputs
+from .error_styles import OPEA, OPENAI, ErrorStyle
+from .openai_wire import ImageGenerationRequest, ImagesResponse, ModelList, OpenAIModel
 from .wire import (
     Alive,
     Dead,
     Healthy,
     Image2VideoRequest,
     Image2VideoResponse,
+    OpeaHealthCheck,
     Text2ImageRequest,
     Text2ImageResponse,
     Unhealthy,
 )
 
 JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+MULTIPART = "multipart/form-data"
 
 
 @dataclass(frozen=True)
@@ -33,20 +39,46 @@ class Answer:
     body: type[BaseModel] | None = None
     media_type: str = JSON
     retry_after: bool = False
+    also: tuple[str, ...] = ()  # more media types the same status may come as (text bodies)
+
+
+# Paths under these need the API key when one is set (unless their route is `open`); health,
+# metrics and the OpenAPI document stay open for probes and scrapers.
+PROTECTED_PREFIXES = ("/v1/", "/sdapi/")
+_PATH_PARAMETER = re.compile(r"\{(\w+)(:[^}]*)?\}")
+
+
+def protected_path(path: str) -> bool:
+    return any(path.startswith(prefix) or path == prefix.rstrip("/") for prefix in PROTECTED_PREFIXES)
 
 
 @dataclass(frozen=True)
 class Route:
     method: str
-    path: str
+    path: str  # aiohttp's pattern: {name} or {name:regex}
     handler: Handler
     operation_id: str
     summary: str
     answers: Mapping[int, Answer]
     request: type[BaseModel] | None = None
-    # The error statuses beyond `answers`, described once in openapi.py (with the Error body).
+    request_media_type: str = JSON
+    # The error statuses beyond `answers`, described once in openapi.py (with the style's body).
     errors: tuple[int, ...] = ()
     services: tuple[Task, ...] = TASKS
+    error_style: ErrorStyle = OPEA
+    open: bool = False  # True: no API key even when one is set (capability URLs, OPEA's probe)
+
+    @property
+    def protected(self) -> bool:
+        return not self.open and protected_path(self.path)
+
+    @property
+    def openapi_path(self) -> str:
+        return _PATH_PARAMETER.sub(lambda m: "{" + m.group(1) + "}", self.path)
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return [m.group(1) for m in _PATH_PARAMETER.finditer(self.path)]
 
 
 _READINESS = {
@@ -77,6 +109,62 @@ ROUTES: tuple[Route, ...] = (
         request=Image2VideoRequest,
         errors=GENERATE_ERRORS,
         services=("image2video",),
+    ),
+    Route(
+        "GET",
+        "/v1/health_check",
+        handlers.opea_health_check,
+        "opea_health_check",
+        "OPEA's liveness check: the service's title and version",
+        {200: Answer("The process runs.", OpeaHealthCheck)},
+        open=True,
+    ),
+    Route(
+        "GET",
+        outputs.OUTPUTS_PREFIX + "{name}",
+        outputs.output_file,
+        "output_file",
+        "A file the service made (a clip's MP4, an image asked for as a URL), while it is kept",
+        {
+            200: Answer("The file.", media_type="application/octet-stream"),
+        },
+        errors=(404,),
+        # Its name holds 128 random bits: the URL itself is the permission, as OpenAI's are.
+        open=True,
+    ),
+    # --- the OpenAI Images API (text2image) ---
+    Route(
+        "POST",
+        "/v1/images/generations",
+        openai_api.generations,
+        "openai_images_generations",
+        "OpenAI Images API: generate images (JSON, or server-sent events with stream: true)",
+        {200: Answer("The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,))},
+        request=ImageGenerationRequest,
+        errors=GENERATE_ERRORS,
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "GET",
+        "/v1/models",
+        openai_api.list_models,
+        "openai_models",
+        "OpenAI API: the loaded model",
+        {200: Answer("The list of one.", ModelList)},
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "GET",
+        "/v1/models/{model:.+}",  # a Hub id holds a '/'
+        openai_api.retrieve_model,
+        "openai_model",
+        "OpenAI API: one model, by id",
+        {200: Answer("The model.", OpenAIModel)},
+        errors=(404,),
+        services=("text2image",),
+        error_style=OPENAI,
     ),
     Route("GET", "/health", handlers.health, "health", "Readiness: 200 once the model serves", _READINESS),
     Route("GET", "/health/ready", handlers.health, "ready", "The same as /health", _READINESS),
