@@ -54,6 +54,9 @@ FPS = Limit(1, 60)
 MOTION_BUCKET_ID = Limit(0, 1023)
 NOISE_AUG_STRENGTH = Limit(0.0, 1.0)
 DECODE_CHUNK_SIZE = Limit(1, 128)
+# Image-to-image and inpainting: how far to move from the input image (diffusers' and A1111's range).
+# A run denoises int(steps * strength) steps, and at least one: 0 makes the least change there is.
+STRENGTH = Limit(0.0, 1.0)
 # image2video: each image becomes one clip, run one after the other; a request stays bounded work.
 MAX_IMAGES_PER_REQUEST = 4
 # The OpenAI Images API's output options: JPEG/WebP quality, and streamed previews per image.
@@ -67,6 +70,7 @@ SCHEDULERS = ("default", "ddim", "euler", "euler-a", "dpm++", "pndm")
 TEXT2IMAGE_DEFAULT_STEPS = 25
 TEXT2IMAGE_DEFAULT_GUIDANCE = 7.5
 TEXT2IMAGE_DEFAULT_SCHEDULER = "dpm++"
+TEXT2IMAGE_DEFAULT_STRENGTH = 0.8  # diffusers' img2img default; A1111 uses 0.75
 IMAGE2VIDEO_DEFAULT_STEPS = 25
 IMAGE2VIDEO_DEFAULT_FPS = 7
 IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID = 127
@@ -166,6 +170,7 @@ TEXT2IMAGE_RULES: dict[str, Rule] = {
     "height": Number(IMAGE_SIDE, integer=True),
     "width": Number(IMAGE_SIDE, integer=True),
     "seed": Number(SEED, integer=True),
+    "strength": Number(STRENGTH, integer=False),
 }
 IMAGE2VIDEO_RULES: dict[str, Rule] = {
     "num_frames": Number(NUM_FRAMES, integer=True),
@@ -207,6 +212,9 @@ class Text2ImageParams:
     width: int | None = None
     seed: int | None = None  # None: the caller picks a random seed before running
     scheduler: str = TEXT2IMAGE_DEFAULT_SCHEDULER
+    # With an input image, how far to move from it (None there: TEXT2IMAGE_DEFAULT_STRENGTH);
+    # None without one: plain text-to-image.
+    strength: float | None = None
 
     def __post_init__(self) -> None:
         _check_rules(self, TEXT2IMAGE_RULES)

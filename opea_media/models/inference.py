@@ -15,16 +15,25 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int], None]
 
 
-def step_callback(total: int, on_step: StepCallback | None, *, done: int = 0) -> Any:
+def step_callback(
+    total: int,
+    on_step: StepCallback | None,
+    *,
+    done: int = 0,
+    then: Callable[[int, dict[str, Any]], None] | None = None,
+) -> Any:
     """A diffusers `callback_on_step_end` that reports (done + step, total) after each step.
 
     `done`: steps of earlier pipeline calls of the same job. `on_step` may raise Cancelled: the
-    pipeline then stops at that step instead of finishing.
+    pipeline then stops at that step instead of finishing. `then(step, tensors)` runs next, with
+    the step of this call (1-based) and the pipeline's callback tensors (previews).
     """
 
     def callback(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
             on_step(done + step + 1, total)
+        if then is not None:
+            then(step + 1, kwargs)
         return kwargs
 
     return callback
