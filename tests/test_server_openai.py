@@ -161,3 +161,33 @@ async def test_the_api_key_as_bearer_or_basic_password(server_client, server_tin
         response = await t2i.get("/v1/models", headers={"Authorization": header})
         await _openai_error(response, 401, "API key")
     assert (await t2i.get("/v1/health_check")).status == 200  # OPEA's probe stays open
+
+
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    import json
+
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+async def test_stream_sends_partial_images_then_completed(t2i: TestClient) -> None:
+    request = {"prompt": "a fox", "stream": True, "partial_images": 2, "num_inference_steps": 4, "seed": 1}
+    response = await t2i.post("/v1/images/generations", json=request)
+    assert response.status == 200 and response.content_type == "text/event-stream"
+    events = _events(await response.text())
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [data["partial_image_index"] for _, data in events[:2]] == [0, 1]
+    for kind, data in events:
+        assert data["type"] == kind and data["size"] == "64x64" and data["output_format"] == "png"
+        assert _image(data).size == (64, 64)
+    final = await (await t2i.post("/v1/images/generations", json={**request, "stream": False})).json()
+    assert final["data"][0]["b64_json"] == events[-1][1]["b64_json"]  # previews leave the pixels alone
+
+
+async def test_a_stream_refused_before_it_starts_is_an_ordinary_error(t2i: TestClient) -> None:
+    response = await t2i.post("/v1/images/generations", json={"prompt": "x", "stream": True, "size": "1x1"})
+    await _openai_error(response, 400, "", "size")

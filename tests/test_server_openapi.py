@@ -80,6 +80,13 @@ SERVICE_PATHS = {
         "/v1/images/generations",
         "/v1/models",
         "/v1/models/{model}",
+        *(
+            f"/sdapi/v1/{name}"
+            for name in (
+                "txt2img", "img2img", "progress", "interrupt", "options", "sd-models", "samplers",
+                "schedulers", "upscalers", "latent-upscale-modes", "sd-vae", "sd-modules", "scripts",
+            )
+        ),
     },
     "image2video": {"/v1/image2video"},
 }

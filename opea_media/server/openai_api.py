@@ -219,7 +219,12 @@ async def stream_images(
         finally:
             previews.put_nowait(None)
         await pumping
-        for blob in await each(pool, _encoded, *((image, body, None) for image in images)):
+        model = request.app[WORKER].handle.ref
+        own = per_output(params, len(images))
+        metadata = (text2image_metadata(p, model=model) for p in own)
+        for blob in await each(
+            pool, _encoded, *((im, body, m) for im, m in zip(images, metadata, strict=True))
+        ):
             done = CompletedEvent(
                 type=f"{kind}.completed",
                 b64_json=base64.b64encode(blob).decode("ascii"),

@@ -11,8 +11,9 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import TASKS, Task
-from . import handlers, openai_api, outputs
-from .error_styles import OPEA, OPENAI, ErrorStyle
+from . import a1111, handlers, openai_api, outputs
+from . import a1111_wire as w
+from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
 from .openai_wire import ImageGenerationRequest, ImagesResponse, ModelList, OpenAIModel
 from .wire import (
     Alive,
@@ -86,6 +87,33 @@ _READINESS = {
     503: Answer("Not serving: loading, failed to load, or draining.", Unhealthy, retry_after=True),
 }
 GENERATE_ERRORS = (400, 413, 415, 500, 503, 504)
+SDAPI = "/sdapi/v1/"
+
+
+def _sdapi(
+    *rows: tuple[str, str, Handler, str, type[BaseModel], type[BaseModel] | None],
+) -> tuple[Route, ...]:
+    """The /sdapi/v1 routes: text2image only, AUTOMATIC1111's error shape, generations' errors."""
+    return tuple(
+        Route(
+            method,
+            SDAPI + name,
+            handler,
+            "a1111_" + name.replace("-", "_") + ("_set" if method == "POST" and name == "options" else ""),
+            "AUTOMATIC1111 API: " + summary,
+            {200: Answer(summary + ".", answer)},
+            request=request,
+            errors=(*GENERATE_ERRORS, 409)
+            if name in ("txt2img", "img2img")
+            else (400, 413, 415)
+            if request
+            else (),
+            services=("text2image",),
+            error_style=A1111,
+        )
+        for method, name, handler, summary, answer, request in rows
+    )
+
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -165,6 +193,37 @@ ROUTES: tuple[Route, ...] = (
         errors=(404,),
         services=("text2image",),
         error_style=OPENAI,
+    ),
+    # --- the AUTOMATIC1111 API subset (text2image) ---
+    *_sdapi(
+        ("POST", "txt2img", a1111.txt2img, "Generate images", w.GenerationResponse, w.Txt2ImgRequest),
+        (
+            "POST",
+            "img2img",
+            a1111.img2img,
+            "Image-to-image; inpainting with a mask",
+            w.GenerationResponse,
+            w.Img2ImgRequest,
+        ),
+        ("GET", "progress", a1111.progress, "The running job's progress", w.ProgressResponse, None),
+        ("POST", "interrupt", a1111.interrupt, "Stop the running job at its next step", w.EmptyObject, None),
+        ("GET", "options", a1111.get_options, "Options: the loaded checkpoint", w.Options, None),
+        (
+            "POST",
+            "options",
+            a1111.set_options,
+            "Set options (only the loaded checkpoint exists)",
+            w.Nothing,
+            w.OptionsUpdate,
+        ),
+        ("GET", "sd-models", a1111.sd_models, "The loaded model", w.SdModelList, None),
+        ("GET", "samplers", a1111.samplers, "Samplers, by AUTOMATIC1111's names", w.SamplerList, None),
+        ("GET", "schedulers", a1111.schedulers, "Schedule types", w.SchedulerList, None),
+        ("GET", "upscalers", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "latent-upscale-modes", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "sd-vae", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "sd-modules", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "scripts", a1111.scripts, "None here", w.ScriptsList, None),
     ),
     Route("GET", "/health", handlers.health, "health", "Readiness: 200 once the model serves", _READINESS),
     Route("GET", "/health/ready", handlers.health, "ready", "The same as /health", _READINESS),

@@ -159,6 +159,11 @@ class InferenceWorker:
             job.cancel_reason = job.cancel_reason or INTERRUPTED
         return len(running)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether the running batch was told to stop (it does at its next step)."""
+        return any(job.cancel_reason == INTERRUPTED for job in list(self._running))
+
     def retry_after(self) -> int:
         """Seconds until a queue slot is likely free; a hint for clients, not a promise."""
         per_job = self._seconds_per_job or 5.0
