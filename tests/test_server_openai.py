@@ -191,3 +191,70 @@ async def test_stream_sends_partial_images_then_completed(t2i: TestClient) -> No
 async def test_a_stream_refused_before_it_starts_is_an_ordinary_error(t2i: TestClient) -> None:
     response = await t2i.post("/v1/images/generations", json={"prompt": "x", "stream": True, "size": "1x1"})
     await _openai_error(response, 400, "", "size")
+
+
+def _png(size: tuple[int, int] = (96, 64), mode: str = "RGB", color: Any = (200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _form(fields: dict[str, str], files: list[tuple[str, bytes]]) -> Any:
+    from aiohttp import FormData
+
+    form = FormData()
+    for name, value in fields.items():
+        form.add_field(name, value)
+    for name, data in files:
+        form.add_field(name, data, filename="x.png", content_type="image/png")
+    return form
+
+
+async def test_edits_take_one_image_or_several_and_a_mask(t2i: TestClient) -> None:
+    fields = {"prompt": "a fox", "n": "2", "num_inference_steps": "4", "strength": "0.5", "seed": "3"}
+    one = await t2i.post("/v1/images/edits", data=_form(fields, [("image", _png())]))
+    assert one.status == 200, await one.text()
+    body = await one.json()
+    assert body["size"] == "80x64" and len(body["data"]) == 2  # the input's shape, at the model's area
+    several = await t2i.post(
+        "/v1/images/edits",
+        data=_form(
+            {**fields, "n": "1", "size": "64x64"}, [("image[]", _png()), ("image[]", _png(color=(0, 90, 0)))]
+        ),
+    )
+    assert several.status == 200, await several.text()
+    assert [(_image(d).size) for d in (await several.json())["data"]] == [(64, 64), (64, 64)]
+    mask = _png((96, 64), "RGBA", (0, 0, 0, 0))  # fully transparent: repaint all
+    masked = await t2i.post("/v1/images/edits", data=_form(fields, [("image", _png()), ("mask", mask)]))
+    assert masked.status == 200, await masked.text()
+
+
+async def test_edit_refusals(t2i: TestClient) -> None:
+    no_image = await t2i.post("/v1/images/edits", data=_form({"prompt": "x"}, []))
+    await _openai_error(no_image, 400, "is required", "image")
+    bad_n = await t2i.post("/v1/images/edits", data=_form({"prompt": "x", "n": "2x"}, [("image", _png())]))
+    await _openai_error(bad_n, 400, "must be an integer", "n")
+    bad_strength = await t2i.post(
+        "/v1/images/edits", data=_form({"prompt": "x", "strength": "2"}, [("image", _png())])
+    )
+    await _openai_error(bad_strength, 400, "between 0 and 1", "strength")
+    not_an_image = await t2i.post(
+        "/v1/images/edits", data=_form({"prompt": "x"}, [("image", b"GIF89a-junk")])
+    )
+    await _openai_error(not_an_image, 400, "image 1")
+    as_json = await t2i.post("/v1/images/edits", json={"prompt": "x"})
+    await _openai_error(as_json, 415, "multipart/form-data")
+
+
+async def test_edit_stream(t2i: TestClient) -> None:
+    fields = {
+        "prompt": "a fox",
+        "num_inference_steps": "8",
+        "strength": "0.5",
+        "stream": "true",
+        "partial_images": "1",
+    }
+    response = await t2i.post("/v1/images/edits", data=_form(fields, [("image", _png())]))
+    assert response.status == 200, await response.text()
+    kinds = [kind for kind, _ in _events(await response.text())]
+    assert kinds == ["image_edit.partial_image", "image_edit.completed"]

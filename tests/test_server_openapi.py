@@ -78,13 +78,25 @@ SERVICE_PATHS = {
     "text2image": {
         "/v1/text2image",
         "/v1/images/generations",
+        "/v1/images/edits",
         "/v1/models",
         "/v1/models/{model}",
         *(
             f"/sdapi/v1/{name}"
             for name in (
-                "txt2img", "img2img", "progress", "interrupt", "options", "sd-models", "samplers",
-                "schedulers", "upscalers", "latent-upscale-modes", "sd-vae", "sd-modules", "scripts",
+                "txt2img",
+                "img2img",
+                "progress",
+                "interrupt",
+                "options",
+                "sd-models",
+                "samplers",
+                "schedulers",
+                "upscalers",
+                "latent-upscale-modes",
+                "sd-vae",
+                "sd-modules",
+                "scripts",
             )
         ),
     },

@@ -168,6 +168,8 @@ async def stream_images(
     params: Text2ImageParams,
     body: _ImageOptions,
     deadline: float,
+    *,
+    steps: int | None = None,
 ) -> web.StreamResponse:
     """Server-sent events as openai-python parses them: `<kind>.partial_image` for each preview
     (decoded from the latents), then one `<kind>.completed` per image. A failure before the first
@@ -179,7 +181,8 @@ async def stream_images(
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
             loop.call_soon_threadsafe(previews.put_nowait, images)
 
-    steps = spread_previews(params.num_inference_steps, body.partial_images or 0)
+    # `steps`: what one pipeline call denoises (an edit's are fewer), where previews are spread.
+    preview_at = spread_previews(steps or params.num_inference_steps, body.partial_images or 0)
     stream = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -214,7 +217,7 @@ async def stream_images(
     try:
         try:
             _job, images = await run_job(
-                request, payload, deadline, previews=Previews(steps, deliver) if steps else None
+                request, payload, deadline, previews=Previews(preview_at, deliver) if preview_at else None
             )
         finally:
             previews.put_nowait(None)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from ..params import OUTPUT_COMPRESSION, PARTIAL_IMAGES, Number
+from ..params import MAX_IMAGES_PER_REQUEST, OUTPUT_COMPRESSION, PARTIAL_IMAGES, Number
 from .validation import Body, Ruled, SchemaExtra, json_type, refuse
 from .wire import T2I, NegativePrompt
 
@@ -166,3 +166,29 @@ class Usage(BaseModel):
 
 class CompletedEvent(_Event):
     usage: Usage = Field(default_factory=Usage)
+
+
+File = Annotated[bytes, SchemaExtra({"contentMediaType": "application/octet-stream"})]
+
+
+class ImageEditRequest(_ImageOptions):
+    """POST /v1/images/edits (multipart/form-data, numbers and booleans as text, as the SDKs send)."""
+
+    image: File | None = Field(default=None, description="The image to edit (PNG, JPEG, WebP, GIF or BMP).")
+    images: list[File] | None = Field(
+        default=None,
+        alias="image[]",
+        max_length=MAX_IMAGES_PER_REQUEST,
+        description="Several images (each edited on its own, n results each, in order); the SDKs "
+        "send a list, even of one, this way.",
+    )
+    mask: File | None = Field(
+        default=None,
+        description="Where to repaint, for the first image: its fully transparent pixels (OpenAI's "
+        "convention), or white in a mask without transparency.",
+    )
+    strength: Annotated[float, Ruled(T2I["strength"])] | None = Field(
+        default=None,
+        description="How far to move from the image, 0-1; absent: the service's default.",
+    )
+    input_fidelity: Ignored | None = None

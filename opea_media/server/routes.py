@@ -11,10 +11,10 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import TASKS, Task
-from . import a1111, handlers, openai_api, outputs
+from . import a1111, handlers, openai_api, openai_edits, outputs
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
-from .openai_wire import ImageGenerationRequest, ImagesResponse, ModelList, OpenAIModel
+from .openai_wire import ImageEditRequest, ImageGenerationRequest, ImagesResponse, ModelList, OpenAIModel
 from .wire import (
     Alive,
     Dead,
@@ -169,6 +169,19 @@ ROUTES: tuple[Route, ...] = (
         "OpenAI Images API: generate images (JSON, or server-sent events with stream: true)",
         {200: Answer("The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,))},
         request=ImageGenerationRequest,
+        errors=GENERATE_ERRORS,
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "POST",
+        "/v1/images/edits",
+        openai_edits.edits,
+        "openai_images_edits",
+        "OpenAI Images API: edit images (image-to-image; inpainting with a mask)",
+        {200: Answer("The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,))},
+        request=ImageEditRequest,
+        request_media_type=MULTIPART,
         errors=GENERATE_ERRORS,
         services=("text2image",),
         error_style=OPENAI,
