@@ -221,7 +221,8 @@ def test_opea_image2video_test_request(tmp_path: Path, cache_dir: Path, tiny_i2v
         rocket = "data:image/png;base64," + base64.b64encode(_png((128, 72), (20, 20, 60))).decode()
         body = '{"images_path":[{"image_path":"' + rocket + '"}]}'
         result = subprocess.run(
-            ["curl", "-sS", live.url("/v1/image2video"), "-XPOST", "-d", body, "-H", "Content-Type: application/json"],
+            ["curl", "-sS", live.url("/v1/image2video"), "-XPOST", "-d", body,
+             "-H", "Content-Type: application/json"],
             capture_output=True, text=True, timeout=600, check=True,
         )  # fmt: skip
         assert "generated.mp4" in result.stdout  # the script's check
