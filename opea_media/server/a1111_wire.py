@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, RootModel, StrictBool
+from pydantic import BaseModel, BeforeValidator, Field, GetJsonSchemaHandler, RootModel, StrictBool, StrictInt
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from ..params import TEXT2IMAGE_DEFAULT_SCHEDULER
 from .validation import LenientBody, Ruled
@@ -66,7 +68,17 @@ def _random_seed(value: Any) -> Any:
     return None if value == -1 else value  # AUTOMATIC1111's "random"
 
 
-Seed = Annotated[Annotated[int, Ruled(T2I["seed"])] | None, BeforeValidator(_random_seed)]
+@dataclass(frozen=True)
+class _OrMinusOne:
+    """Annotated metadata: the schema also allows -1 (which the validator turns into None)."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"anyOf": [{"const": -1}, handler(schema)]}
+
+
+Seed = Annotated[Annotated[int, Ruled(T2I["seed"]), _OrMinusOne()] | None, BeforeValidator(_random_seed)]
 
 
 class Txt2ImgRequest(LenientBody):
@@ -100,7 +112,7 @@ class Img2ImgRequest(Txt2ImgRequest):
         min_length=1, description="Base64 images, data URIs or http(s) URLs; the first is used."
     )
     mask: str | None = Field(default=None, description="White: repaint; black: keep.")
-    inpainting_mask_invert: int | None = Field(default=0, ge=0, le=1, description="1: black repaints.")
+    inpainting_mask_invert: StrictInt | None = Field(default=0, ge=0, le=1, description="1: black repaints.")
     denoising_strength: Annotated[float, Ruled(T2I["strength"])] | None = None
 
 

@@ -168,6 +168,12 @@ class CompletedEvent(_Event):
     usage: Usage = Field(default_factory=Usage)
 
 
+class StreamError(BaseModel):
+    """The `error` event that ends a stream which failed after it began (the SDKs raise APIError)."""
+
+    error: dict[str, Any]
+
+
 File = Annotated[bytes, SchemaExtra({"contentMediaType": "application/octet-stream"})]
 
 

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from .config import MIB, ServerConfig
 from .error_styles import OPENAI
-from .routes import JSON, Answer, Route, routes_for
+from .routes import EVENT_STREAM, JSON, Answer, Route, routes_for
 
 OPENAPI_VERSION = "3.1.0"
 _TITLES = {
@@ -58,8 +58,29 @@ def _response(answer: Answer, *, should_retry: bool = False) -> dict[str, Any]:
     if answer.body is not None:
         schema = {"$ref": _SCHEMAS.format(model=answer.body.__name__)}
     content = {answer.media_type: {"schema": schema}}
-    content |= {media_type: {"schema": {"type": "string"}} for media_type in answer.also}
+    content |= {media_type: {"schema": _text_schema(media_type, answer)} for media_type in answer.also}
     return {"description": answer.description, "headers": headers, "content": content}
+
+
+def _text_schema(media_type: str, answer: Answer) -> dict[str, Any]:
+    if media_type != EVENT_STREAM:
+        return {"type": "string"}
+    # Each server-sent event, as schemathesis and OpenAPI 3.2's itemSchema see one.
+    data: dict[str, Any] = {"type": "string", "contentMediaType": JSON}
+    if answer.events:
+        data["contentSchema"] = {
+            "oneOf": [{"$ref": _SCHEMAS.format(model=m.__name__)} for m in answer.events]
+        }
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": data,
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+    }
 
 
 def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
@@ -103,10 +124,26 @@ def _component_schemas(routes: list[Route]) -> dict[str, Any]:
     requests = {route.request for route in routes if route.request is not None}
     answers = {a.body for route in routes for a in route.answers.values() if a.body is not None}
     answers |= {route.error_style.body for route in routes}
+    answers |= {event for route in routes for a in route.answers.values() for event in a.events}
     models: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(requests, key=_name)]
     models += [(m, "serialization") for m in sorted(answers, key=_name)]
     _, schemas = models_json_schema(models, ref_template=_SCHEMAS)
-    return dict(sorted(schemas.get("$defs", {}).items()))
+    defs = schemas.get("$defs", {})
+    for route in routes:
+        if route.request is not None and route.request_media_type != JSON:
+            defs[route.request.__name__] = _form_schema(defs[route.request.__name__])
+    return dict(sorted(defs.items()))
+
+
+def _form_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form has no null: an optional field is one left out, so the null branches go."""
+    properties = {}
+    for name, prop in schema["properties"].items():
+        branches = [b for b in prop.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:
+            prop = {k: v for k, v in prop.items() if k not in ("anyOf", "default")} | branches[0]
+        properties[name] = prop
+    return {**schema, "properties": properties}
 
 
 def _name(model: type[BaseModel]) -> str:

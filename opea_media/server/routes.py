@@ -14,7 +14,16 @@ from ..config import TASKS, Task
 from . import a1111, handlers, openai_api, openai_edits, outputs
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
-from .openai_wire import ImageEditRequest, ImageGenerationRequest, ImagesResponse, ModelList, OpenAIModel
+from .openai_wire import (
+    CompletedEvent,
+    ImageEditRequest,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ModelList,
+    OpenAIModel,
+    PartialImageEvent,
+    StreamError,
+)
 from .wire import (
     Alive,
     Dead,
@@ -41,6 +50,7 @@ class Answer:
     media_type: str = JSON
     retry_after: bool = False
     also: tuple[str, ...] = ()  # more media types the same status may come as (text bodies)
+    events: tuple[type[BaseModel], ...] = ()  # what the data of a text/event-stream's events holds
 
 
 # Paths under these need the API key when one is set (unless their route is `open`); health,
@@ -88,6 +98,7 @@ _READINESS = {
 }
 GENERATE_ERRORS = (400, 413, 415, 500, 503, 504)
 SDAPI = "/sdapi/v1/"
+EVENTS = (PartialImageEvent, CompletedEvent, StreamError)
 
 
 def _sdapi(
@@ -167,7 +178,11 @@ ROUTES: tuple[Route, ...] = (
         openai_api.generations,
         "openai_images_generations",
         "OpenAI Images API: generate images (JSON, or server-sent events with stream: true)",
-        {200: Answer("The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,))},
+        {
+            200: Answer(
+                "The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,), events=EVENTS
+            )
+        },
         request=ImageGenerationRequest,
         errors=GENERATE_ERRORS,
         services=("text2image",),
@@ -179,7 +194,11 @@ ROUTES: tuple[Route, ...] = (
         openai_edits.edits,
         "openai_images_edits",
         "OpenAI Images API: edit images (image-to-image; inpainting with a mask)",
-        {200: Answer("The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,))},
+        {
+            200: Answer(
+                "The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,), events=EVENTS
+            )
+        },
         request=ImageEditRequest,
         request_media_type=MULTIPART,
         errors=GENERATE_ERRORS,
@@ -198,7 +217,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET",
-        "/v1/models/{model:.+}",  # a Hub id holds a '/'
+        "/v1/models/{model:[\\s\\S]*}",  # a Hub id holds a "/"; empty: a 404 of this route
         openai_api.retrieve_model,
         "openai_model",
         "OpenAI API: one model, by id",
