@@ -172,3 +172,52 @@ async def test_with_a_key_basic_auth_carries_it_as_the_password(server_client, s
     assert (await t2i.get("/sdapi/v1/options", headers={"Authorization": "Bearer k3y"})).status == 200
     assert (await t2i.get("/sdapi/v1/unknown")).status == 401  # unknown /sdapi paths are guarded too
     assert png_bytes()  # keeps the helper import honest
+
+
+async def test_sillytaverns_requests(t2i: TestClient) -> None:
+    # Its backend calls these with `Authorization: Basic ` (empty auth) and posts the browser's
+    # whole body, its own url and auth fields included (src/endpoints/stable-diffusion.js).
+    basic = {"Authorization": "Basic "}
+    for path in (
+        "options",
+        "sd-models",
+        "samplers",
+        "schedulers",
+        "upscalers",
+        "latent-upscale-modes",
+        "sd-vae",
+    ):
+        assert (await t2i.get(f"/sdapi/v1/{path}", headers=basic)).status == 200, path
+    body = {
+        "url": "http://localhost:7860", "auth": "", "prompt": "a red fox", "negative_prompt": "",
+        "sampler_name": "DDIM", "scheduler": "normal", "steps": 2, "cfg_scale": 7, "width": 64,
+        "height": 64, "restore_faces": False, "enable_hr": False, "hr_upscaler": "Latent",
+        "hr_scale": 2.0, "denoising_strength": 0.7, "hr_second_pass_steps": 0,
+        "override_settings": {"CLIP_stop_at_last_layers": 1}, "override_settings_restore_afterwards": True,
+        "clip_skip": 1, "save_images": True, "send_images": True, "do_not_save_grid": False,
+        "do_not_save_samples": False,
+    }  # fmt: skip
+    response = await t2i.post("/sdapi/v1/txt2img", json=body, headers=basic)
+    assert response.status == 200, await response.text()
+    data = await response.json()
+    decode_png(data["images"][0])
+    assert json.loads(data["info"])["sampler_name"] == "DDIM"
+    progress = await (await t2i.get("/sdapi/v1/progress", headers=basic)).json()
+    assert progress["progress"] == 0.0 and progress["state"]["job_count"] == 0  # its /set-model wait
+
+
+async def test_librechats_stable_diffusion_tool(t2i: TestClient) -> None:
+    # api/app/clients/tools/structured/StableDiffusion.js: a fixed payload, no auth headers.
+    payload = {
+        "prompt": "a red fox",
+        "negative_prompt": "",
+        "cfg_scale": 4.5,
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+    }
+    data = await (await t2i.post("/sdapi/v1/txt2img", json=payload)).json()
+    info = json.loads(data["info"])
+    assert (info["width"], info["height"]) == (64, 64) and isinstance(info["seed"], int)
+    assert info["infotexts"][0].split("\n").pop().startswith("Steps: 2")  # what it keeps as metadata
+    assert "," not in data["images"][0]  # it decodes the text before the first comma
