@@ -25,7 +25,7 @@ free_port() {
 
 wait_for() {  # wait_for URL SECONDS NAME
   local deadline=$((SECONDS + $2))
-  until curl -fsS -o /dev/null "$1"; do
+  until curl -fs -o /dev/null "$1"; do
     if ((SECONDS > deadline)); then
       echo "$3 did not answer $1 within $2 s; its log: $WORK/$3.log" >&2
       tail -n 40 "$WORK/$3.log" >&2 || true
