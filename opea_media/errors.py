@@ -62,6 +62,13 @@ class Unauthorized(OpeaMediaError):
     headers = MappingProxyType({"WWW-Authenticate": 'Bearer realm="opea-media"'})
 
 
+class NotFound(OpeaMediaError):
+    """What the caller named does not exist (a model id, an output file that expired)."""
+
+    http_status = 404
+    exit_code = EXIT_INVALID_INPUT
+
+
 class ModelUnavailable(OpeaMediaError):
     """The model is loading, failed to load, or cannot be found."""
 
@@ -110,6 +117,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(
         cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__
     )
+
+
+class Interrupted(OpeaMediaError):
+    """The running job was stopped on purpose (POST /sdapi/v1/interrupt) before it finished."""
+
+    http_status = 409
+    exit_code = EXIT_INTERRUPTED
 
 
 class DeadlineExceeded(OpeaMediaError):

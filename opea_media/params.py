@@ -59,6 +59,9 @@ DECODE_CHUNK_SIZE = Limit(1, 128)
 STRENGTH = Limit(0.0, 1.0)
 # image2video: each image becomes one clip, run one after the other; a request stays bounded work.
 MAX_IMAGES_PER_REQUEST = 4
+# The OpenAI Images API's output options: JPEG/WebP quality, and streamed previews per image.
+OUTPUT_COMPRESSION = Limit(0, 100)
+PARTIAL_IMAGES = Limit(0, 3)
 # Tuning counts: torch threads, text2image images per pipeline call.
 TUNING_COUNT = Limit(1, 1024)
 
@@ -72,6 +75,25 @@ IMAGE2VIDEO_DEFAULT_STEPS = 25
 IMAGE2VIDEO_DEFAULT_FPS = 7
 IMAGE2VIDEO_DEFAULT_MOTION_BUCKET_ID = 127
 IMAGE2VIDEO_DEFAULT_NOISE_AUG_STRENGTH = 0.02
+
+
+def preview_steps(steps: int, previews: int) -> tuple[int, ...]:
+    """The (1-based) steps after which to show `previews` partial images, spread evenly before the
+    last step; fewer when there are too few steps (a 2-step run has room for one)."""
+    wanted = {round(steps * k / (previews + 1)) for k in range(1, previews + 1)}
+    return tuple(sorted(step for step in wanted if 1 <= step < steps))
+
+
+def size_like(width: int, height: int, *, area: int) -> tuple[int, int]:
+    """(width, height) with the shape of a width x height input and about `area` pixels, in
+    multiples of 8 within IMAGE_SIDE: an input image's size, made one the model works at."""
+    scale = math.sqrt(area / (width * height))
+    step = IMAGE_SIDE.multiple_of or 1
+
+    def side(x: float) -> int:
+        return int(min(IMAGE_SIDE.max, max(IMAGE_SIDE.min, round(x * scale / step) * step)))
+
+    return side(width), side(height)
 
 
 def resolve_seed(seed: int | None) -> int:

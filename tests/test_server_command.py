@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
@@ -43,7 +44,9 @@ def test_every_flag(configs: list[ServerConfig]) -> None:
         "--device", "cpu", "--dtype", "float32", "--max-queue", "3", "--max-batch-size", "2",
         "--request-timeout", "9.5", "--api-key", "k", "--log-level", "WARNING", "--allow-private-urls",
         "--allowed-url-hosts", "a.example, b.example", "--max-body-mib", "4", "--shutdown-grace", "1",
-        "--fetch-timeout", "2",
+        "--fetch-timeout", "2", "--output-dir", "/srv/out", "--output-retention", "60",
+        "--output-max-mib", "10", "--public-url", "https://img.example", "--cors-origins",
+        "http://localhost:5173, https://ui.example",
         "--guidance-split", "off", "--attention-slicing", "max", "--vae-slicing", "off",
         "--vae-tiling", "off", "--forward-chunking", "off", "--channels-last", "on",
         "--decode-chunk-size", "3", "--images-per-call", "4", "--threads", "2",
@@ -68,6 +71,11 @@ def test_every_flag(configs: list[ServerConfig]) -> None:
             max_body_bytes=4 * MIB,
             shutdown_grace=1.0,
             fetch_timeout=2.0,
+            output_dir=Path("/srv/out"),
+            output_retention=60.0,
+            output_max_bytes=10 * MIB,
+            public_url="https://img.example",
+            cors_origins=("http://localhost:5173", "https://ui.example"),
             tuning=Tuning(
                 guidance_split="off",
                 attention_slicing="max",
@@ -102,6 +110,11 @@ def test_every_flag_reads_its_environment_variable(configs: list[ServerConfig]) 
         "OPEA_MEDIA_MAX_BODY_MIB": "8",
         "OPEA_MEDIA_SHUTDOWN_GRACE": "5",
         "OPEA_MEDIA_FETCH_TIMEOUT": "3",
+        "OPEA_MEDIA_OUTPUT_DIR": "/data/outputs",
+        "OPEA_MEDIA_OUTPUT_RETENTION": "120",
+        "OPEA_MEDIA_OUTPUT_MAX_MIB": "64",
+        "OPEA_MEDIA_PUBLIC_URL": "http://gw.example:8080/t2i",
+        "OPEA_MEDIA_CORS_ORIGINS": "*",
         "OPEA_MEDIA_GUIDANCE_SPLIT": "on",
         "OPEA_MEDIA_ATTENTION_SLICING": "MAX",  # as the old service read them: any case
         "OPEA_MEDIA_VAE_SLICING": "off",
@@ -131,6 +144,11 @@ def test_every_flag_reads_its_environment_variable(configs: list[ServerConfig]) 
         max_body_bytes=8 * MIB,
         shutdown_grace=5.0,
         fetch_timeout=3.0,
+        output_dir=Path("/data/outputs"),
+        output_retention=120.0,
+        output_max_bytes=64 * MIB,
+        public_url="http://gw.example:8080/t2i",
+        cors_origins=("*",),
         tuning=Tuning(
             guidance_split="on",
             attention_slicing="max",
@@ -151,6 +169,7 @@ def test_every_flag_reads_its_environment_variable(configs: list[ServerConfig]) 
 def test_the_compose_files_settings_mean_the_defaults(configs: list[ServerConfig]) -> None:
     # docker-compose.yml passes "auto" and empty values through when nothing is set.
     env = {"OPEA_MEDIA_THREADS": "auto", "OPEA_MEDIA_API_KEY": "", "OPEA_MEDIA_ALLOWED_URL_HOSTS": ""}
+    env |= {"OPEA_MEDIA_PUBLIC_URL": "", "OPEA_MEDIA_CORS_ORIGINS": ""}
     assert serve(env=env).exit_code == 0
     assert configs == [ServerConfig()]
 

@@ -6,11 +6,13 @@ import dataclasses
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..config import DEFAULT_MODELS, TASKS, Task, envvar
+from ..errors import OpeaMediaError
 from ..models.tuning import Tuning, prepare_threading
 from ..server.config import (
     DEFAULT_FETCH_TIMEOUT,
@@ -19,6 +21,8 @@ from ..server.config import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_OUTPUT_MAX_BYTES,
+    DEFAULT_OUTPUT_RETENTION,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     LOG_LEVELS,
@@ -30,7 +34,8 @@ from .options import EnvCommand
 
 log = logging.getLogger("opea_media.serve")
 
-EXIT_CANNOT_LISTEN = 1  # the port is taken or the address is not ours: nothing was served
+# The port is taken, the address is not ours, or the output folder is unusable: nothing was served.
+EXIT_CANNOT_START = 1
 
 
 @click.command("serve", cls=EnvCommand)
@@ -119,6 +124,37 @@ EXIT_CANNOT_LISTEN = 1  # the port is taken or the address is not ours: nothing 
     default=DEFAULT_FETCH_TIMEOUT,
     help="Seconds to download one image URL, redirects included.",
 )
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the files the service hands out by URL: image2video's MP4s (OPEA's video_path) "
+    "and OpenAI response_format=url images. Default: outputs/<service> in the opea-media cache.",
+)
+@click.option(
+    "--output-retention",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_OUTPUT_RETENTION,
+    help="Seconds an output file is kept (and its URL works); then it is deleted.",
+)
+@click.option(
+    "--output-max-mib",
+    type=click.IntRange(1, 1024 * 1024),
+    default=DEFAULT_OUTPUT_MAX_BYTES // MIB,
+    help="Disk budget of the output folder in MiB; past it the oldest files are deleted first.",
+)
+@click.option(
+    "--public-url",
+    default=None,
+    help="The service's address as clients reach it (e.g. behind a proxy), for the URLs it hands "
+    "out. Default: the address each request came to.",
+)
+@click.option(
+    "--cors-origins",
+    default="",
+    help="Comma-separated browser origins allowed to call the API (CORS), e.g. "
+    "http://localhost:5173, or '*' for any. Empty: CORS off.",
+)
 @lever_options()
 def serve(
     service: Task,
@@ -137,6 +173,11 @@ def serve(
     max_body_mib: int,
     shutdown_grace: float,
     fetch_timeout: float,
+    output_dir: Path | None,
+    output_retention: float,
+    output_max_mib: int,
+    public_url: str | None,
+    cors_origins: str,
     **levers: Any,
 ) -> None:
     """Run the text2image or image2video HTTP service (JSON logs on stderr).
@@ -158,19 +199,29 @@ def serve(
         api_key=api_key or None,  # OPEA_MEDIA_API_KEY= (empty) in a compose file means no key
         log_level=log_level.lower(),
         allow_private_urls=allow_private_urls,
-        allowed_url_hosts=tuple(h for h in re.split(r"[,\s]+", allowed_url_hosts) if h),
+        allowed_url_hosts=_comma_list(allowed_url_hosts),
         max_body_bytes=max_body_mib * MIB,
         shutdown_grace=shutdown_grace,
         fetch_timeout=fetch_timeout,
         tuning=Tuning(**levers),
+        output_dir=output_dir,
+        output_retention=output_retention,
+        output_max_bytes=output_max_mib * MIB,
+        public_url=public_url or None,
+        cors_origins=_comma_list(cors_origins),
     )
     run(config)
+
+
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item for item in re.split(r"[,\s]+", text) if item)
 
 
 def run(config: ServerConfig) -> None:
     """Build the app from `config` and serve it until SIGTERM/SIGINT (exit 0 after draining)."""
     from aiohttp import web
 
+    from ..media.store import OutputStore
     from ..server.app import create_app, listening_socket
     from ..server.config import KEEPALIVE_TIMEOUT
     from ..server.logs import configure_logging
@@ -179,11 +230,19 @@ def run(config: ServerConfig) -> None:
     # Before anything imports torch (the worker thread does, to load the model): OpenMP reads it once.
     prepare_threading(config.tuning.omp_wait_policy)
     configure_logging(config.log_level)
+    store = OutputStore(
+        config.output_folder, retention=config.output_retention, max_bytes=config.output_max_bytes
+    )
+    try:
+        store.prepare()  # an unwritable folder fails the start, not every image2video request
+    except OpeaMediaError as exc:
+        log.critical("cannot use the output folder: %s", exc.detail)
+        raise click.exceptions.Exit(EXIT_CANNOT_START) from None
     try:
         sock = listening_socket(config.host, config.bind_port)
     except OSError as exc:
         log.critical("cannot listen on %s:%d: %s", config.host, config.bind_port, exc.strerror or exc)
-        raise click.exceptions.Exit(EXIT_CANNOT_LISTEN) from None
+        raise click.exceptions.Exit(EXIT_CANNOT_START) from None
     app = create_app(config)
     drain_on_signals(app)
     url = f"http://{config.host}:{config.bind_port}"
@@ -201,6 +260,8 @@ def run(config: ServerConfig) -> None:
             "auth": "api key" if config.api_key else "off",
             "allow_private_urls": config.allow_private_urls,
             "allowed_url_hosts": list(config.allowed_url_hosts),
+            "output_dir": str(config.output_folder),
+            "cors_origins": list(config.cors_origins),
             "tuning": dataclasses.asdict(config.tuning),
         },
     )

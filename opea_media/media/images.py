@@ -8,6 +8,7 @@ import io
 import re
 import struct
 import zlib
+from collections.abc import Callable
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -88,6 +89,25 @@ def _unidentified(data: bytes, source: str) -> InvalidInput:
 
 def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
     """Decode untrusted bytes into a loaded RGB image, enforcing format, size and pixel limits."""
+    return _decode_checked(data, source, to_rgb)
+
+
+def decode_mask(data: bytes, *, source: str = "mask", transparent_repaints: bool = False) -> Image.Image:
+    """An inpainting mask ("L", white = repaint) from untrusted bytes, under the same limits.
+
+    `transparent_repaints`: OpenAI's convention, where the fully transparent pixels of the mask
+    mark what to repaint; a mask without transparency is then read by its brightness, as always.
+    """
+    image = _decode_checked(data, source, lambda im: im.copy())
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if transparent_repaints and has_alpha:
+        alpha = image.convert("RGBA").getchannel("A")
+        return alpha.point(lambda a: 255 if a == 0 else 0)
+    return to_rgb(image).convert("L")
+
+
+def _decode_checked(data: bytes, source: str, finish: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """finish(the decoded image, EXIF orientation applied), after every limit's check."""
     if not data:
         raise InvalidInput(f"{source} is empty")
     if len(data) > MAX_INPUT_BYTES:
@@ -116,7 +136,7 @@ def decode_image(data: bytes, *, source: str = "image") -> Image.Image:
         try:
             image.load()  # animated GIF/WebP: Image.open already sits on the first frame
             _apply_exif_orientation(image)
-            return to_rgb(image)
+            return finish(image)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise InvalidInput(f"{source} has a frame larger than the pixel limit") from None
         except _DECODE_ERRORS as err:
@@ -249,6 +269,21 @@ def png_base64(image: Image.Image, metadata: dict[str, str] | None = None) -> st
     """A PNG for an HTTP response, as base64, at the responses' compression level."""
     png = encode_png(image, metadata=metadata, compress_level=RESPONSE_PNG_COMPRESS_LEVEL)
     return base64.b64encode(png).decode("ascii")
+
+
+# What the OpenAI Images API calls output_format, as Pillow names the format.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(
+    image: Image.Image, output_format: str, *, quality: int = 100, metadata: dict[str, str] | None = None
+) -> bytes:
+    """PNG (with its text chunks, at the responses' level), JPEG or WebP at `quality` (0-100)."""
+    if output_format == "png":
+        return encode_png(image, metadata=metadata, compress_level=RESPONSE_PNG_COMPRESS_LEVEL)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=OUTPUT_FORMATS[output_format], quality=quality)
+    return buffer.getvalue()
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:

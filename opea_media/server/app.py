@@ -8,6 +8,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
 from .config import ServerConfig
-from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
+from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, OUTPUTS, ROUTE_OF, STARTED_AT, WORKER
 from .metrics import Metrics
-from .middleware import access_middleware, bearer_auth_middleware, error_middleware
+from .middleware import access_middleware, api_key_middleware, cors_headers, cors_middleware, error_middleware
 from .openapi import openapi_document
+from .outputs import keep_outputs_bounded
 from .routes import routes_for
 from .shutdown import Admission
 from .worker import InferenceWorker
@@ -50,19 +53,31 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     worker = InferenceWorker(
         handle=handle, max_queue=config.max_queue, max_batch_size=config.max_batch_size, metrics=metrics
     )
-    middlewares: list[Middleware] = [access_middleware, error_middleware]
+    middlewares: list[Middleware] = [access_middleware]
+    if config.cors_origins:
+        middlewares.append(cors_middleware(config.cors_origins))  # preflights carry no API key
+    middlewares.append(error_middleware)
     if config.api_key:
-        middlewares.append(bearer_auth_middleware(config.api_key))  # inside the error middleware: JSON 401
+        middlewares.append(api_key_middleware(config.api_key))  # inside the error middleware: JSON 401
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
+    if config.cors_origins:
+        app.on_response_prepare.append(cors_headers(config.cors_origins))
     app[CONFIG] = config
+    app[STARTED_AT] = time.time()
+    app[OUTPUTS] = OutputStore(
+        config.output_folder, retention=config.output_retention, max_bytes=config.output_max_bytes
+    )
     app[METRICS] = metrics
     app[WORKER] = worker
     app[ADMISSION] = Admission(metrics)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
-    for route in routes_for(config.service):
-        app.router.add_route(route.method, route.path, route.handler)
+    app[ROUTE_OF] = {
+        app.router.add_route(route.method, route.path, route.handler): route
+        for route in routes_for(config.service)
+    }
     app.cleanup_ctx.append(_model_worker)
+    app.cleanup_ctx.append(keep_outputs_bounded)
     return app
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import DEFAULT_FETCH_TIMEOUT, DEFAULT_MODELS, DEFAULT_PORTS, DEVICES, DTYPES, TASKS, Task
+from ..config import (
+    DEFAULT_FETCH_TIMEOUT,
+    DEFAULT_MODELS,
+    DEFAULT_PORTS,
+    DEVICES,
+    DTYPES,
+    TASKS,
+    Task,
+    cache_root,
+)
 from ..errors import InvalidInput
 from ..models.tuning import Tuning
 
@@ -23,6 +33,10 @@ DEFAULT_LOG_LEVEL = "debug"  # the spec's default for the project's own loggers
 # Seconds before aiohttp closes a connection that is idle between requests or has not finished
 # sending its request headers (a slow-headers client). A slow body is bounded by request_timeout.
 KEEPALIVE_TIMEOUT = 75.0
+# The output folder (clips for OPEA's video_path, images for response_format=url): files live an
+# hour, and the oldest go first once the folder holds more than the budget.
+DEFAULT_OUTPUT_RETENTION = 3600.0
+DEFAULT_OUTPUT_MAX_BYTES = 2048 * MIB
 
 
 @dataclass(frozen=True)
@@ -48,6 +62,13 @@ class ServerConfig:
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
     io_threads: int = 4  # image decoding and PNG encoding, off the event loop
     tuning: Tuning = Tuning()  # the memory/speed levers (models/tuning.py)
+    output_dir: Path | None = None  # None: <cache>/outputs/<service>
+    output_retention: float = DEFAULT_OUTPUT_RETENTION
+    output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES
+    # The service's address as clients reach it (a proxy's), for the URLs it hands out; None:
+    # the address each request came to.
+    public_url: str | None = None
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers; "*": any origin
 
     def __post_init__(self) -> None:
         if self.service not in TASKS:
@@ -60,16 +81,28 @@ class ServerConfig:
             raise InvalidInput(f"unknown log level {self.log_level!r}; choose one of {', '.join(LOG_LEVELS)}")
         if self.port is not None and not 0 <= self.port <= 65535:
             raise InvalidInput(f"port must be between 0 and 65535, got {self.port}")
-        for name in ("max_queue", "max_batch_size", "max_body_bytes", "io_threads"):
+        for name in ("max_queue", "max_batch_size", "max_body_bytes", "io_threads", "output_max_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("request_timeout", "fetch_timeout"):
+        for name in ("request_timeout", "fetch_timeout", "output_retention"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
             raise InvalidInput(f"shutdown_grace must not be negative, got {self.shutdown_grace}")
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInput("api_key must not be blank; leave it unset to turn authentication off")
+        if self.public_url is not None and not re.fullmatch(
+            r"https?://[^/?#\s]+(/[^?#\s]*)?", self.public_url
+        ):
+            raise InvalidInput(
+                "public_url must be an http(s) URL such as https://images.example.com, "
+                f"got {self.public_url!r}"
+            )
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/?#\s]+", origin):
+                raise InvalidInput(
+                    f"a CORS origin is '*' or scheme://host[:port] without a path, got {origin!r}"
+                )
 
     @property
     def bind_port(self) -> int:
@@ -78,3 +111,7 @@ class ServerConfig:
     @property
     def model_ref(self) -> str:
         return self.model or DEFAULT_MODELS[self.service]
+
+    @property
+    def output_folder(self) -> Path:
+        return self.output_dir or cache_root() / "outputs" / self.service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..params import Image2VideoParams, Text2ImageParams
+from ..params import Image2VideoParams, Text2ImageParams, image_seed
 
 StepCallback = Callable[[int, int], None]
 
@@ -20,6 +21,7 @@ CLIENT_DISCONNECTED = "client_disconnected"
 DEADLINE = "deadline"
 SHUTDOWN = "shutdown"
 HANDLER_CANCELLED = "handler_cancelled"
+INTERRUPTED = "interrupted"  # POST /sdapi/v1/interrupt
 
 
 @dataclass(frozen=True)
@@ -30,17 +32,44 @@ class VideoRequest:
     params: tuple[Image2VideoParams, ...]
 
 
-Payload = Text2ImageParams | VideoRequest
+@dataclass(frozen=True)
+class EditRequest:
+    """Image-to-image (inpainting with a mask, white = repaint): each image is edited with `params`
+    (num_images_per_prompt results each); the mask, fitted like them, applies to the first."""
+
+    params: Text2ImageParams
+    images: tuple[Image.Image, ...]
+    mask: Image.Image | None = None
+
+
+Payload = Text2ImageParams | EditRequest | VideoRequest
+PreviewCallback = Callable[[int, list[Image.Image]], None]
+
+
+@dataclass(frozen=True)
+class Previews:
+    """Images decoded from the latents after each (1-based) step in `steps`, handed to `deliver`
+    on the worker thread (partial images of a stream)."""
+
+    steps: tuple[int, ...]
+    deliver: PreviewCallback
 
 
 class Job:
     """One request's work. The handler waits on `future`; the worker settles it from its thread."""
 
     def __init__(
-        self, *, request_id: str, payload: Payload, deadline: float, loop: asyncio.AbstractEventLoop
+        self,
+        *,
+        request_id: str,
+        payload: Payload,
+        deadline: float,
+        loop: asyncio.AbstractEventLoop,
+        previews: Previews | None = None,
     ) -> None:
         self.request_id = request_id
         self.payload = payload
+        self.previews = previews
         self.deadline = deadline  # time.monotonic(), the same clock as loop.time()
         self.enqueued_at = time.monotonic()
         self.started_at: float | None = None
@@ -51,8 +80,11 @@ class Job:
         self.cancel_reason: str | None = None
 
     def batch_key(self) -> tuple[Any, ...] | None:
-        """Jobs with equal keys can share one pipeline call; None: this job always runs alone."""
-        return self.payload.batch_key() if isinstance(self.payload, Text2ImageParams) else None
+        """Jobs with equal keys can share one pipeline call; None: this job always runs alone
+        (edits, clips, and generations that stream previews of their own)."""
+        if isinstance(self.payload, Text2ImageParams) and self.previews is None:
+            return self.payload.batch_key()
+        return None
 
     def expired(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) >= self.deadline
@@ -88,9 +120,33 @@ class Job:
 
 
 def run_text2image(model: Any, batch: Sequence[Job], on_step: StepCallback) -> list[Any]:
-    """One pipeline call for the whole batch; each job gets its own list of images."""
+    """One pipeline call for the whole batch; each job gets its own list of images. An edit, or a
+    generation with previews, is a batch of one."""
+    head = batch[0]
+    if isinstance(head.payload, EditRequest):
+        return [run_edit(model, head.payload, on_step, head.previews)]
     params = [job.payload for job in batch]
-    return list(model.generate(params, on_step=on_step))
+    return list(model.generate(params, on_step=on_step, **_preview_options(head.previews)))
+
+
+def _preview_options(previews: Previews | None) -> dict[str, Any]:
+    if previews is None:
+        return {}
+    return {"on_preview": previews.deliver, "preview_steps": previews.steps}
+
+
+def run_edit(
+    model: Any, request: EditRequest, on_step: StepCallback, previews: Previews | None
+) -> list[Image.Image]:
+    """Every image's results in order; image i's results start at seed `seed + i * n`."""
+    params, n = request.params, request.params.num_images_per_prompt
+    assert params.seed is not None
+    images: list[Image.Image] = []
+    for index, image in enumerate(request.images):
+        own = dataclasses.replace(params, seed=image_seed(params.seed, index * n))
+        mask = request.mask if index == 0 else None
+        images += model.edit(own, image, mask=mask, on_step=on_step, **_preview_options(previews))
+    return images
 
 
 def run_image2video(model: Any, batch: Sequence[Job], on_step: StepCallback) -> list[Any]:

@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import AbstractRoute
+
+    from ..media.store import OutputStore
     from .config import ServerConfig
     from .metrics import Metrics
+    from .routes import Route
     from .shutdown import Admission
     from .worker import InferenceWorker
 
@@ -19,3 +23,7 @@ WORKER: web.AppKey[InferenceWorker] = web.AppKey("worker")
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 IO_POOL: web.AppKey[ThreadPoolExecutor] = web.AppKey("io_pool")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")  # the document, serialised once
+OUTPUTS: web.AppKey[OutputStore] = web.AppKey("outputs")
+# The route table's entry of each aiohttp route: its error style and whether it needs the key.
+ROUTE_OF: web.AppKey[dict[AbstractRoute, Route]] = web.AppKey("route_of")
+STARTED_AT: web.AppKey[float] = web.AppKey("started_at")  # time.time() when the app was built

@@ -1,23 +1,27 @@
-"""Around every request: its id and access log, the one error middleware, the API key."""
+"""Around every request: its id and access log, CORS, the one error middleware, the API key."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..errors import CLIENT_CLOSED, Cancelled, OpeaMediaError, Unauthorized
 from .config import MIB
-from .keys import CONFIG, METRICS
+from .error_styles import OPEA, ErrorStyle, Failure
+from .keys import CONFIG, METRICS, ROUTE_OF
 from .logs import request_id_var
-from .wire import ErrorBody
+from .routes import Route, protected_path
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("opea_media.access")
@@ -26,13 +30,19 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # A caller's own id is kept (to follow a request across services) only if it is harmless in logs.
 _GOOD_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Probes and scrapes every few seconds would drown the access log at info.
-_QUIET_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
+_QUIET_PATHS = frozenset(
+    {"/health", "/health/live", "/health/ready", "/metrics", "/v1/health_check", "/sdapi/v1/progress"}
+)
 
 
-def error_response(status: int, detail: str, *, headers: dict[str, str] | None = None) -> web.Response:
-    """The spec's error body, `{"detail": ..., "status_code": N}`, with the same status."""
-    body = ErrorBody(detail=detail, status_code=status).model_dump_json()
-    return web.Response(text=body, status=status, content_type="application/json", headers=headers)
+def route_of(request: web.Request) -> Route | None:
+    """The route table's entry for the matched route; None for unknown paths and methods."""
+    return request.app[ROUTE_OF].get(request.match_info.route)
+
+
+def error_style(request: web.Request) -> ErrorStyle:
+    route = route_of(request)
+    return route.error_style if route is not None else OPEA
 
 
 def _endpoint(request: web.Request) -> str:
@@ -99,7 +109,8 @@ def _http_exception_detail(exc: web.HTTPException, request: web.Request) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure, aiohttp's 404/405/413 included, leaves as the spec's JSON error body."""
+    """Every failure, aiohttp's 404/405/413 included, leaves as a JSON error body in its route's style."""
+    style = error_style(request)
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -107,53 +118,120 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         keep = ("allow", "www-authenticate", "retry-after")
         headers = {k: v for k, v in exc.headers.items() if k.lower() in keep}
-        return error_response(exc.status, _http_exception_detail(exc, request), headers=headers)
+        return style.response(Failure(exc.status, _http_exception_detail(exc, request)), headers=headers)
     except Cancelled as exc:
         # Nobody is listening any more; the status is for the access log and the metrics.
         log.info("request cancelled: %s", exc.detail)
         return web.Response(status=CLIENT_CLOSED)
     except OpeaMediaError as exc:
-        headers = exc.response_headers()
         if exc.http_status >= 500:
             # 503s (loading, busy) are routine; a failed or late inference is worth a warning.
             level = logging.INFO if exc.http_status == 503 else logging.WARNING
             log.log(level, "request failed: %s", exc.detail, extra={"status": exc.http_status})
-        return error_response(exc.http_status, exc.detail, headers=headers)
+        failure = Failure(exc.http_status, exc.detail, getattr(exc, "field", None), type(exc).__name__)
+        return style.response(failure, headers=exc.response_headers())
     except asyncio.CancelledError:
         raise
     except Exception:
         # A bug of ours or a library surprise: the full story goes to the log, never to the client.
         log.exception("unhandled error")
-        return error_response(
-            500, "internal error; the service log has the details under this request's X-Request-ID"
-        )
+        detail = "internal error; the service log has the details under this request's X-Request-ID"
+        return style.response(Failure(500, detail, kind="InternalError"))
 
 
 # --- the API key ------------------------------------------------------------------------------------
 
-PROTECTED_PREFIX = "/v1/"  # health, metrics and the OpenAPI document stay open for probes and scrapers
+
+def requires_key(request: web.Request) -> bool:
+    """A route says whether it needs the key; an unknown path does under the APIs' prefixes."""
+    route = route_of(request)
+    return route.protected if route is not None else protected_path(request.path)
 
 
-def protected(path: str) -> bool:
-    return path.startswith(PROTECTED_PREFIX) or path == PROTECTED_PREFIX.rstrip("/")
-
-
-def bearer_auth_middleware(api_key: str) -> Middleware:
-    """Require `Authorization: Bearer <api_key>` on every /v1 path, known or not."""
+def api_key_middleware(api_key: str) -> Middleware:
+    """Require the key on every protected path, known or not: `Authorization: Bearer <key>`, or
+    Basic auth with the key as the password (any user name), which AUTOMATIC1111 clients send."""
     expected = _digest(api_key)
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if protected(request.path):
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if requires_key(request):
+            presented = presented_key(request.headers.get("Authorization", ""))
             # Digests of equal length, compared in constant time: the time taken tells neither how
             # much of a guessed key was right nor how long the real key is.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(_digest(token.strip()), expected):
-                raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
+            if not hmac.compare_digest(_digest(presented or ""), expected) or presented is None:
+                raise Unauthorized(
+                    "a valid API key is required: send 'Authorization: Bearer <key>' "
+                    "(or Basic authentication with the key as the password)"
+                )
         return await handler(request)
 
     return middleware
 
 
+def presented_key(header: str) -> str | None:
+    """The key an Authorization header carries: a Bearer token or a Basic password; None if neither."""
+    scheme, _, credentials = header.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        _user, colon, password = decoded.partition(":")
+        return password if colon else None
+    return None
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+# --- CORS -------------------------------------------------------------------------------------------
+
+CORS_MAX_AGE = "600"  # seconds a browser may cache a preflight's answer
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Middleware:
+    """Answer browsers' preflights from the allowed origins (before the API key: they carry none)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        if preflight and _allowed_origin(request, origins):
+            headers = {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Max-Age": CORS_MAX_AGE,
+            }
+            asked = request.headers.get("Access-Control-Request-Headers")
+            if asked:
+                headers["Access-Control-Allow-Headers"] = asked
+            return web.Response(status=204, headers=headers)
+        return await handler(request)
+
+    return middleware
+
+
+def cors_headers(origins: tuple[str, ...]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An on_response_prepare hook: every answer (a stream's too) to an allowed origin says so."""
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        origin = _allowed_origin(request, origins)
+        if origin:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = "X-Request-ID, Retry-After"
+            if origin != "*":
+                response.headers.add("Vary", "Origin")
+
+    return add
+
+
+def _allowed_origin(request: web.Request, origins: tuple[str, ...]) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    if "*" in origins:
+        return "*"
+    return origin if origin in origins else None

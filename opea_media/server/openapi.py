@@ -14,9 +14,8 @@ from pydantic.json_schema import models_json_schema
 
 from .. import __version__
 from .config import MIB, ServerConfig
-from .middleware import protected
-from .routes import JSON, Answer, Route, routes_for
-from .wire import ErrorBody
+from .error_styles import OPENAI
+from .routes import EVENT_STREAM, JSON, Answer, Route, routes_for
 
 OPENAPI_VERSION = "3.1.0"
 _TITLES = {
@@ -35,9 +34,12 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
     return {
         400: "Bad input: malformed JSON, NaN or Infinity, an unknown field, a field of the wrong type "
         "or out of its limits, an unusable image or a refused URL. The detail names the field.",
-        401: "An API key is configured and 'Authorization: Bearer <key>' is missing or wrong.",
+        401: "An API key is configured and 'Authorization: Bearer <key>' (or Basic authentication "
+        "with the key as the password) is missing or wrong.",
+        404: "What the path names does not exist (an unknown model id; an output file that expired).",
+        409: "POST /sdapi/v1/interrupt stopped this request's job before it finished.",
         413: f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes).",
-        415: "The body was not sent as Content-Type: application/json.",
+        415: "The body was not sent with the Content-Type the operation takes.",
         500: "Inference failed: out of memory, or a library error (the log has it under X-Request-ID).",
         503: "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
         "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
@@ -46,30 +48,51 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
     }
 
 
-def _response(answer: Answer) -> dict[str, Any]:
+def _response(answer: Answer, *, should_retry: bool = False) -> dict[str, Any]:
     headers: dict[str, Any] = {"X-Request-ID": _ref("headers", "RequestId")}
     if answer.retry_after:
         headers["Retry-After"] = _ref("headers", "RetryAfter")
+    if should_retry:
+        headers["x-should-retry"] = _ref("headers", "ShouldRetry")
     schema = {"type": "string"} if answer.media_type != JSON else {"type": "object"}
     if answer.body is not None:
         schema = {"$ref": _SCHEMAS.format(model=answer.body.__name__)}
+    content = {answer.media_type: {"schema": schema}}
+    content |= {media_type: {"schema": _text_schema(media_type, answer)} for media_type in answer.also}
+    return {"description": answer.description, "headers": headers, "content": content}
+
+
+def _text_schema(media_type: str, answer: Answer) -> dict[str, Any]:
+    if media_type != EVENT_STREAM:
+        return {"type": "string"}
+    # Each server-sent event, as schemathesis and OpenAPI 3.2's itemSchema see one.
+    data: dict[str, Any] = {"type": "string", "contentMediaType": JSON}
+    if answer.events:
+        data["contentSchema"] = {
+            "oneOf": [{"$ref": _SCHEMAS.format(model=m.__name__)} for m in answer.events]
+        }
     return {
-        "description": answer.description,
-        "headers": headers,
-        "content": {answer.media_type: {"schema": schema}},
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string"},
+            "data": data,
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
     }
 
 
 def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
     errors = _error_descriptions(config)
     statuses = list(route.errors)
-    secured = bool(config.api_key) and protected(route.path)
+    secured = bool(config.api_key) and route.protected
     if secured:
         statuses.append(401)
     responses: dict[str, Any] = {str(status): _response(answer) for status, answer in route.answers.items()}
     for status in sorted(statuses):
-        error = Answer(errors[status], ErrorBody, retry_after=status == 503)
-        responses[str(status)] = _response(error)
+        error = Answer(errors[status], route.error_style.body, retry_after=status == 503)
+        responses[str(status)] = _response(error, should_retry=route.error_style is OPENAI)
         if status == 401:
             responses["401"]["headers"]["WWW-Authenticate"] = {"schema": {"type": "string"}, "required": True}
     operation: dict[str, Any] = {
@@ -77,25 +100,50 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
         "summary": route.summary,
         "responses": responses,
     }
+    if route.path_parameters:
+        operation["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.path_parameters
+        ]
     if route.request is not None:
+        what = "A JSON object" if route.request_media_type == JSON else "A form"
         operation["requestBody"] = {
             "required": True,
-            "description": f"A JSON object of at most {config.max_body_bytes} bytes.",
+            "description": f"{what} of at most {config.max_body_bytes} bytes.",
             "x-max-body-bytes": config.max_body_bytes,
-            "content": {JSON: {"schema": {"$ref": _SCHEMAS.format(model=route.request.__name__)}}},
+            "content": {
+                route.request_media_type: {"schema": {"$ref": _SCHEMAS.format(model=route.request.__name__)}}
+            },
         }
     if secured:
-        operation["security"] = [{"bearer": []}]
+        operation["security"] = [{"bearer": []}, {"basic": []}]
     return operation
 
 
 def _component_schemas(routes: list[Route]) -> dict[str, Any]:
     requests = {route.request for route in routes if route.request is not None}
-    answers = {a.body for route in routes for a in route.answers.values() if a.body is not None} | {ErrorBody}
+    answers = {a.body for route in routes for a in route.answers.values() if a.body is not None}
+    answers |= {route.error_style.body for route in routes}
+    answers |= {event for route in routes for a in route.answers.values() for event in a.events}
     models: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in sorted(requests, key=_name)]
     models += [(m, "serialization") for m in sorted(answers, key=_name)]
     _, schemas = models_json_schema(models, ref_template=_SCHEMAS)
-    return dict(sorted(schemas.get("$defs", {}).items()))
+    defs = schemas.get("$defs", {})
+    for route in routes:
+        if route.request is not None and route.request_media_type != JSON:
+            defs[route.request.__name__] = _form_schema(defs[route.request.__name__])
+    return dict(sorted(defs.items()))
+
+
+def _form_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form has no null: an optional field is one left out, so the null branches go."""
+    properties = {}
+    for name, prop in schema["properties"].items():
+        branches = [b for b in prop.get("anyOf", []) if b.get("type") != "null"]
+        if len(branches) == 1:
+            prop = {k: v for k, v in prop.items() if k not in ("anyOf", "default")} | branches[0]
+        properties[name] = prop
+    return {**schema, "properties": properties}
 
 
 def _name(model: type[BaseModel]) -> str:
@@ -107,7 +155,7 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
     routes = routes_for(config.service)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, config)
+        paths.setdefault(route.openapi_path, {})[route.method.lower()] = _operation(route, config)
     components: dict[str, Any] = {
         "schemas": _component_schemas(routes),
         "headers": {
@@ -119,10 +167,21 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
                 "description": "Seconds after which a retry may succeed.",
                 "schema": {"type": "integer", "minimum": 1},
             },
+            "ShouldRetry": {
+                "description": "For the OpenAI SDKs: true only when a retry can succeed (with Retry-After).",
+                "schema": {"type": "string", "enum": ["true", "false"]},
+            },
         },
     }
     if config.api_key:
-        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {
+                "type": "http",
+                "scheme": "basic",
+                "description": "Any user name; the key as the password.",
+            },
+        }
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -131,7 +190,8 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
             "description": (
                 'Every error has the body {"detail": "...", "status_code": N} (schema ErrorBody) with '
                 "the same HTTP status, unknown paths (404) and undeclared methods (405, with Allow) "
-                "included."
+                'included; the OpenAI routes add OpenAI\'s {"error": {...}} (OpenAIErrorBody), and the '
+                "/sdapi routes answer as AUTOMATIC1111 does (A1111ErrorBody)."
             ),
         },
         "paths": paths,

@@ -3,6 +3,7 @@ OpenAPI document are both built from it (app.py, openapi.py)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,19 +11,34 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import TASKS, Task
-from . import handlers
+from . import a1111, handlers, openai_api, openai_edits, outputs
+from . import a1111_wire as w
+from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
+from .openai_wire import (
+    CompletedEvent,
+    ImageEditRequest,
+    ImageGenerationRequest,
+    ImagesResponse,
+    ModelList,
+    OpenAIModel,
+    PartialImageEvent,
+    StreamError,
+)
 from .wire import (
     Alive,
     Dead,
     Healthy,
     Image2VideoRequest,
     Image2VideoResponse,
+    OpeaHealthCheck,
     Text2ImageRequest,
     Text2ImageResponse,
     Unhealthy,
 )
 
 JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+MULTIPART = "multipart/form-data"
 
 
 @dataclass(frozen=True)
@@ -33,20 +49,47 @@ class Answer:
     body: type[BaseModel] | None = None
     media_type: str = JSON
     retry_after: bool = False
+    also: tuple[str, ...] = ()  # more media types the same status may come as (text bodies)
+    events: tuple[type[BaseModel], ...] = ()  # what the data of a text/event-stream's events holds
+
+
+# Paths under these need the API key when one is set (unless their route is `open`); health,
+# metrics and the OpenAPI document stay open for probes and scrapers.
+PROTECTED_PREFIXES = ("/v1/", "/sdapi/")
+_PATH_PARAMETER = re.compile(r"\{(\w+)(:[^}]*)?\}")
+
+
+def protected_path(path: str) -> bool:
+    return any(path.startswith(prefix) or path == prefix.rstrip("/") for prefix in PROTECTED_PREFIXES)
 
 
 @dataclass(frozen=True)
 class Route:
     method: str
-    path: str
+    path: str  # aiohttp's pattern: {name} or {name:regex}
     handler: Handler
     operation_id: str
     summary: str
     answers: Mapping[int, Answer]
     request: type[BaseModel] | None = None
-    # The error statuses beyond `answers`, described once in openapi.py (with the Error body).
+    request_media_type: str = JSON
+    # The error statuses beyond `answers`, described once in openapi.py (with the style's body).
     errors: tuple[int, ...] = ()
     services: tuple[Task, ...] = TASKS
+    error_style: ErrorStyle = OPEA
+    open: bool = False  # True: no API key even when one is set (capability URLs, OPEA's probe)
+
+    @property
+    def protected(self) -> bool:
+        return not self.open and protected_path(self.path)
+
+    @property
+    def openapi_path(self) -> str:
+        return _PATH_PARAMETER.sub(lambda m: "{" + m.group(1) + "}", self.path)
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return [m.group(1) for m in _PATH_PARAMETER.finditer(self.path)]
 
 
 _READINESS = {
@@ -54,6 +97,34 @@ _READINESS = {
     503: Answer("Not serving: loading, failed to load, or draining.", Unhealthy, retry_after=True),
 }
 GENERATE_ERRORS = (400, 413, 415, 500, 503, 504)
+SDAPI = "/sdapi/v1/"
+EVENTS = (PartialImageEvent, CompletedEvent, StreamError)
+
+
+def _sdapi(
+    *rows: tuple[str, str, Handler, str, type[BaseModel], type[BaseModel] | None],
+) -> tuple[Route, ...]:
+    """The /sdapi/v1 routes: text2image only, AUTOMATIC1111's error shape, generations' errors."""
+    return tuple(
+        Route(
+            method,
+            SDAPI + name,
+            handler,
+            "a1111_" + name.replace("-", "_") + ("_set" if method == "POST" and name == "options" else ""),
+            "AUTOMATIC1111 API: " + summary,
+            {200: Answer(summary + ".", answer)},
+            request=request,
+            errors=(*GENERATE_ERRORS, 409)
+            if name in ("txt2img", "img2img")
+            else (400, 413, 415)
+            if request
+            else (),
+            services=("text2image",),
+            error_style=A1111,
+        )
+        for method, name, handler, summary, answer, request in rows
+    )
+
 
 ROUTES: tuple[Route, ...] = (
     Route(
@@ -77,6 +148,114 @@ ROUTES: tuple[Route, ...] = (
         request=Image2VideoRequest,
         errors=GENERATE_ERRORS,
         services=("image2video",),
+    ),
+    Route(
+        "GET",
+        "/v1/health_check",
+        handlers.opea_health_check,
+        "opea_health_check",
+        "OPEA's liveness check: the service's title and version",
+        {200: Answer("The process runs.", OpeaHealthCheck)},
+        open=True,
+    ),
+    Route(
+        "GET",
+        outputs.OUTPUTS_PREFIX + "{name}",
+        outputs.output_file,
+        "output_file",
+        "A file the service made (a clip's MP4, an image asked for as a URL), while it is kept",
+        {
+            200: Answer("The file.", media_type="application/octet-stream"),
+        },
+        errors=(404,),
+        # Its name holds 128 random bits: the URL itself is the permission, as OpenAI's are.
+        open=True,
+    ),
+    # --- the OpenAI Images API (text2image) ---
+    Route(
+        "POST",
+        "/v1/images/generations",
+        openai_api.generations,
+        "openai_images_generations",
+        "OpenAI Images API: generate images (JSON, or server-sent events with stream: true)",
+        {
+            200: Answer(
+                "The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,), events=EVENTS
+            )
+        },
+        request=ImageGenerationRequest,
+        errors=GENERATE_ERRORS,
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "POST",
+        "/v1/images/edits",
+        openai_edits.edits,
+        "openai_images_edits",
+        "OpenAI Images API: edit images (image-to-image; inpainting with a mask)",
+        {
+            200: Answer(
+                "The images; with stream, the events.", ImagesResponse, also=(EVENT_STREAM,), events=EVENTS
+            )
+        },
+        request=ImageEditRequest,
+        request_media_type=MULTIPART,
+        errors=GENERATE_ERRORS,
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "GET",
+        "/v1/models",
+        openai_api.list_models,
+        "openai_models",
+        "OpenAI API: the loaded model",
+        {200: Answer("The list of one.", ModelList)},
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    Route(
+        "GET",
+        "/v1/models/{model:[\\s\\S]*}",  # a Hub id holds a "/"; empty: a 404 of this route
+        openai_api.retrieve_model,
+        "openai_model",
+        "OpenAI API: one model, by id",
+        {200: Answer("The model.", OpenAIModel)},
+        errors=(404,),
+        services=("text2image",),
+        error_style=OPENAI,
+    ),
+    # --- the AUTOMATIC1111 API subset (text2image) ---
+    *_sdapi(
+        ("POST", "txt2img", a1111.txt2img, "Generate images", w.GenerationResponse, w.Txt2ImgRequest),
+        (
+            "POST",
+            "img2img",
+            a1111.img2img,
+            "Image-to-image; inpainting with a mask",
+            w.GenerationResponse,
+            w.Img2ImgRequest,
+        ),
+        ("GET", "progress", a1111.progress, "The running job's progress", w.ProgressResponse, None),
+        ("POST", "interrupt", a1111.interrupt, "Stop the running job at its next step", w.EmptyObject, None),
+        ("GET", "options", a1111.get_options, "Options: the loaded checkpoint", w.Options, None),
+        (
+            "POST",
+            "options",
+            a1111.set_options,
+            "Set options (only the loaded checkpoint exists)",
+            w.Nothing,
+            w.OptionsUpdate,
+        ),
+        ("GET", "sd-models", a1111.sd_models, "The loaded model", w.SdModelList, None),
+        ("GET", "samplers", a1111.samplers, "Samplers, by AUTOMATIC1111's names", w.SamplerList, None),
+        ("GET", "schedulers", a1111.schedulers, "Schedule types", w.SchedulerList, None),
+        ("GET", "upscalers", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "latent-upscale-modes", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "sd-vae", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "sd-modules", a1111.empty_list, "None here", w.EmptyList, None),
+        ("GET", "scripts", a1111.scripts, "None here", w.ScriptsList, None),
     ),
     Route("GET", "/health", handlers.health, "health", "Readiness: 200 once the model serves", _READINESS),
     Route("GET", "/health/ready", handlers.health, "ready", "The same as /health", _READINESS),

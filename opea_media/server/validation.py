@@ -74,7 +74,7 @@ class Ruled:
         return keywords
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: `X | None` hashes its metadata
 class SchemaExtra:
     """Annotated metadata: keywords the JSON Schema shows beyond what the type says."""
 
@@ -100,7 +100,8 @@ class Body(BaseModel):
     def _known_fields_only(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             raise refuse(f"must be an object, not {json_type(data)}")
-        unknown = [key for key in data if key not in cls.model_fields]
+        known = [field.alias or name for name, field in cls.model_fields.items()]
+        unknown = [key for key in data if key not in known]
         if unknown:
             shown = [
                 repr(k if len(k) <= _SHOWN_NAME_CHARS else k[:_SHOWN_NAME_CHARS] + "...") for k in unknown
@@ -112,8 +113,22 @@ class Body(BaseModel):
             raise PydanticCustomError(
                 "unknown_fields",
                 "unknown {noun} {names}; accepted fields: {accepted}",
-                {"noun": noun, "names": names, "accepted": ", ".join(cls.model_fields)},
+                {"noun": noun, "names": names, "accepted": ", ".join(known)},
             )
+        return data
+
+
+class LenientBody(BaseModel):
+    """A request body of clients that send every field they know (AUTOMATIC1111's): unknown
+    fields are ignored, as the API they were written for ignores them."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise refuse(f"must be an object, not {json_type(data)}")
         return data
 
 
@@ -126,30 +141,37 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def describe(error: _ValidationError) -> str:
     """The first problem of a validation error as one line: `<field>: <what is wrong>`."""
+    where, message = _first_problem(error)
+    return f"{where}: {message}" if where else message
+
+
+def _first_problem(error: _ValidationError) -> tuple[str | None, str]:
+    """(the field at fault or None, what is wrong with it)."""
     first = error.errors(include_url=False)[0]
     where = _loc(first["loc"])
     if first["type"] == "unknown_fields":
         ctx = first.get("ctx") or {}
         inside = f" in {where}" if where else ""
-        return f"unknown {ctx['noun']} {ctx['names']}{inside}; accepted fields: {ctx['accepted']}"
+        return None, f"unknown {ctx['noun']} {ctx['names']}{inside}; accepted fields: {ctx['accepted']}"
     if first["type"] == "missing":
         message = "is required"
     elif first["type"] == _INVALID:
         message = first["msg"]
     else:  # pydantic's own words (rare: our rules refuse first)
         message = first["msg"][:1].lower() + first["msg"][1:]
-    return f"{where}: {message}" if where else message
+    return where or None, message
 
 
 B = TypeVar("B", bound=BaseModel)
 
 
 def validate(model: type[B], data: Any) -> B:
-    """`data` as `model`, or InvalidInput naming the first field that is wrong."""
+    """`data` as `model`, or InvalidInput naming the first field that is wrong (also as `.field`)."""
     try:
         return model.model_validate(data)
     except _ValidationError as exc:
-        raise InvalidInput(describe(exc)) from None
+        where, message = _first_problem(exc)
+        raise InvalidInput(message, field=where) from None
 
 
 # --- reading a request body -------------------------------------------------------------------------

@@ -8,10 +8,12 @@ which means its default.
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from ..config import Task
 from ..media.images import ALLOWED_INPUT_FORMATS, MAX_INPUT_BYTES, MAX_INPUT_PIXELS, MIN_INPUT_SIDE
@@ -49,6 +51,30 @@ def _null_only(value: Any) -> None:
         raise refuse("LoRA weights are not supported by this service; send null or leave it out")
 
 
+NEGATIVE_PROMPT_SEPARATOR = ", "
+
+
+def _joined(value: Any) -> Any:
+    """A list of negative prompts as the one text the pipeline takes (then checked by its rule)."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return NEGATIVE_PROMPT_SEPARATOR.join(item for item in value if item.strip())
+    return value
+
+
+@dataclass(frozen=True)
+class _OrListOfIt:
+    """Annotated metadata: the schema says "this, or a list of these"."""
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        one = handler(schema)
+        return {"anyOf": [one, {"type": "array", "items": one}]}
+
+
+NegativePrompt = Annotated[str, Ruled(T2I["negative_prompt"]), BeforeValidator(_joined), _OrListOfIt()]
+
+
 class Text2ImageRequest(Body):
     """OPEA's text2image request (SDInputs), field for field."""
 
@@ -65,8 +91,10 @@ class Text2ImageRequest(Body):
     guidance_scale: Annotated[float, Ruled(T2I["guidance_scale"])] | None = _t2i(
         "guidance_scale", "How closely to follow the prompt (classifier-free guidance)."
     )
-    negative_prompt: Annotated[str, Ruled(T2I["negative_prompt"])] | None = _t2i(
-        "negative_prompt", "What to keep out of the image. Null or absent: no negative prompt."
+    negative_prompt: NegativePrompt | None = _t2i(
+        "negative_prompt",
+        "What to keep out of the image; a list (OPEA's SDInputs allows one) is joined with ', '. "
+        "Null or absent: no negative prompt.",
     )
     height: Annotated[int, Ruled(T2I["height"])] | None = _t2i(
         "height", "Image height in pixels. Null or absent: the model's native size (768 for SD 2.1)."
@@ -189,6 +217,7 @@ Base64Png = Annotated[str, SchemaExtra({"contentEncoding": "base64", "contentMed
 
 
 class _Result(BaseModel):
+    id: str = Field(description="The request's id (X-Request-ID), as OPEA's responses carry one.")
     status: Literal["success"] = "success"
     message: str
     seed: int = Field(description="The seed of the first output; output k used `seeds[k]`.")
@@ -210,6 +239,11 @@ class Image2VideoResponse(_Result):
     frames: list[Base64Png] = Field(description="Every clip's frames, in order.")
     frames_per_clip: list[int] = Field(description="Where each clip ends in `frames`.")
     fps: int
+    video_path: str = Field(
+        description="The first clip as an MP4, to GET from this path (OPEA's field; the name ends in "
+        "generated.mp4). Kept for the service's output retention time."
+    )
+    videos: list[str] = Field(description="Every clip's MP4 path, in order.")
 
 
 class ErrorBody(BaseModel):
@@ -239,6 +273,16 @@ class Unhealthy(BaseModel):
 
 class Alive(BaseModel):
     status: Literal["alive"] = "alive"
+
+
+class OpeaHealthCheck(BaseModel):
+    """What every OPEA microservice answers on GET /v1/health_check."""
+
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)
+
+    service_title: str = Field(alias="Service Title")
+    version: str = Field(alias="Version")
+    service_description: str = Field(alias="Service Description")
 
 
 class Dead(BaseModel):

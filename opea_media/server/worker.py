@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import (
     Cancelled,
     DeadlineExceeded,
+    Interrupted,
     ModelFailure,
     ModelLoading,
     ModelUnavailable,
@@ -28,7 +29,7 @@ from ..errors import (
     is_out_of_memory,
 )
 from ..models.handle import ModelHandle, ModelState
-from .jobs import DEADLINE, RUNNERS, SHUTDOWN, Job
+from .jobs import DEADLINE, INTERRUPTED, RUNNERS, SHUTDOWN, Job
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,16 @@ _MAX_RETRY_AFTER = 600
 class Status:
     state: str  # "loading" | "ready" | "failed"
     detail: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the running pipeline call is: `step` of `total` (0 of 0 until its first step)."""
+
+    step: int
+    total: int
+    started: float  # time.monotonic()
+    jobs: int
 
 
 class InferenceWorker:
@@ -62,6 +73,9 @@ class InferenceWorker:
         self._stopping = False
         self._abort = False  # set when the grace period is over: interrupt the running batch
         self._seconds_per_job: float | None = None  # moving average, for Retry-After
+        # The running call's step, written by the worker thread and read by /sdapi/v1/progress:
+        # one attribute store, replaced whole.
+        self.progress: Progress | None = None
         # Set once if the thread ever ends by surprise: the service then stays up but refuses work.
         self.failure: str | None = None
         self._thread = threading.Thread(target=self._main, name=f"opea-media-{self.task}-worker", daemon=True)
@@ -135,6 +149,19 @@ class InferenceWorker:
                 return  # running (interrupted at the next step) or already finished
             self._metrics.queue_depth.set(len(self._queue))
         self._log_cancelled(job, "dropped from the queue")
+
+    def interrupt(self) -> int:
+        """Stop the running batch at its next step; its clients get 409. Returns how many jobs."""
+        with self._cond:
+            running = list(self._running)
+        for job in running:
+            job.cancel_reason = job.cancel_reason or INTERRUPTED
+        return len(running)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the running batch was told to stop (it does at its next step)."""
+        return any(job.cancel_reason == INTERRUPTED for job in list(self._running))
 
     def retry_after(self) -> int:
         """Seconds until a queue slot is likely free; a hint for clients, not a promise."""
@@ -244,7 +271,10 @@ class InferenceWorker:
                 "running a batch of %d jobs", len(batch), extra={"request_ids": [j.request_id for j in batch]}
             )
 
+        self.progress = Progress(0, 0, started, len(batch))
+
         def on_step(step: int, total: int) -> None:
+            self.progress = Progress(step, total, started, len(batch))
             if self._abort:
                 raise Cancelled("the service is shutting down")
             now = time.monotonic()
@@ -276,6 +306,7 @@ class InferenceWorker:
             seconds = time.monotonic() - started
             self._metrics.inference_seconds.observe(seconds)
             self._metrics.inference_in_progress.set(0)
+            self.progress = None
             with self._cond:
                 self._running = []
             if results is not None:
@@ -291,13 +322,17 @@ class InferenceWorker:
                 self._deliver_interrupted(job)
 
     def _deliver(self, job: Job, *, result: Any = None, error: OpeaMediaError | None = None) -> None:
-        if job.cancel_reason is not None:
+        # Interrupted after its last step: the result is there, and its client still waits.
+        if job.cancel_reason is not None and job.cancel_reason != INTERRUPTED:
             self._log_cancelled(job, "finished, but nobody was waiting for the result")
             return
         job.settle(result=result, error=error)
 
     def _deliver_interrupted(self, job: Job) -> None:
-        if job.cancel_reason is not None:
+        if job.cancel_reason == INTERRUPTED:
+            self._log_cancelled(job, "interrupted")
+            job.settle(error=Interrupted("interrupted by POST /sdapi/v1/interrupt before it finished"))
+        elif job.cancel_reason is not None:
             self._log_cancelled(job, "interrupted")
         elif job.expired():
             self._give_up(

@@ -76,7 +76,9 @@ def test_the_spec_deployment(compose: list[str]) -> None:
     services = cfg["services"]
     assert set(services) == {"text2image", "image2video"}
     assert cfg["networks"]["opea-network"]["driver"] == "bridge"
-    assert set(cfg["volumes"]) == {"text2image_cache", "image2video_cache"}
+    assert set(cfg["volumes"]) == {
+        f"{s}_{v}" for s in ("text2image", "image2video") for v in ("cache", "outputs")
+    }
     assert services["text2image"]["image"] == services["image2video"]["image"] == "opea-media:latest"
     assert services["text2image"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
 
@@ -92,6 +94,10 @@ def test_the_spec_deployment(compose: list[str]) -> None:
             (volume["source"], volume["target"]) if isinstance(volume, dict) else volume.split(":")[:2]
         )
         assert (source, target) == (f"{name}_cache", "/data/huggingface")
+        outputs = service["volumes"][1]  # the long syntax (Compose v2) or the short one (v1)
+        if isinstance(outputs, dict):
+            outputs = f"{outputs['source']}:{outputs['target']}"
+        assert outputs.split(":")[:2] == [f"{name}_outputs", "/data/outputs"]
         resources = service["deploy"]["resources"]
         assert size(resources["limits"]["memory"]) == 8 * GIB
         assert size(resources["reservations"]["memory"]) == 4 * GIB
@@ -108,6 +114,7 @@ def test_the_spec_deployment(compose: list[str]) -> None:
         assert env["OPEA_MEDIA_MAX_QUEUE"] == "16"
         assert env["OPEA_MEDIA_ALLOW_PRIVATE_URLS"] == "false"
         assert env["OPEA_MEDIA_THREADS"] == "auto"
+        assert env["OPEA_MEDIA_OUTPUT_DIR"] == "/data/outputs" and env["OPEA_MEDIA_CORS_ORIGINS"] == ""
 
 
 def test_settings_come_from_variables(compose: list[str]) -> None:
