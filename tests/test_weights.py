@@ -103,3 +103,31 @@ def test_sharded_and_variant_file_names_are_read_as_diffusers_writes_them() -> N
     )
     assert choose_weights(files, half_precision=True) == WeightChoice("fp16", pickled=())
     assert choose_weights(files, half_precision=False) == WeightChoice(None, pickled=("vae",))
+
+
+def test_the_cli_refuses_pickles_in_one_line_and_the_variable_allows_them(
+    tiny_t2i: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from opea_media.cli import cli
+
+    folder = tmp_path / "pickles"
+    _save(tiny_t2i.pipe, folder, safe=False)
+    args = [
+        "generate-image",
+        "a cat",
+        "--model",
+        str(folder),
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "cat.png"),
+    ]
+    refused = CliRunner().invoke(cli, args, env={"OPEA_MEDIA_CACHE": str(cache_dir)})
+    assert refused.exit_code == 3 and "--allow-pickle-weights" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    env = {"OPEA_MEDIA_CACHE": str(cache_dir), "OPEA_MEDIA_ALLOW_PICKLE_WEIGHTS": "1"}
+    allowed = CliRunner().invoke(cli, args, env=env)
+    assert allowed.exit_code == 0, allowed.stderr
+    assert (tmp_path / "cat.png").is_file()

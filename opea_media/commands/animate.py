@@ -90,6 +90,7 @@ def animate(
     model: str,
     device: str,
     dtype: str,
+    allow_pickle_weights: bool,
     **levers: Any,
 ) -> None:
     """Turn each IMAGE (a file path or an http(s) URL) into a short video clip.
@@ -111,7 +112,7 @@ def animate(
         output=output,
         frames_dir=frames_dir,
         params=params,
-        model=ModelChoice(model, device, dtype, Tuning(**levers)),
+        model=ModelChoice(model, device, dtype, Tuning(**levers), allow_pickle_weights),
         quiet=quiet,
     )
 

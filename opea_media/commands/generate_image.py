@@ -107,6 +107,7 @@ def generate_image(
     model: str,
     device: str,
     dtype: str,
+    allow_pickle_weights: bool,
     **levers: Any,
 ) -> None:
     """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
@@ -136,7 +137,7 @@ def generate_image(
         scheduler=scheduler,
         strength=strength,
     )
-    choice = ModelChoice(model, device, dtype, Tuning(**levers))
+    choice = ModelChoice(model, device, dtype, Tuning(**levers), allow_pickle_weights)
     run(
         prompts=prompts,
         output=output,

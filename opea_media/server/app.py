@@ -40,7 +40,11 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     """
     if model_handle is None:
         registry = ModelRegistry(
-            device=config.device, dtype=config.dtype, cache_dir=config.cache_dir, tuning=config.tuning
+            device=config.device,
+            dtype=config.dtype,
+            cache_dir=config.cache_dir,
+            tuning=config.tuning,
+            allow_pickle=config.allow_pickle_weights,
         )
         model_handle = registry.handle(config.service, config.model_ref)
     handle = model_handle

@@ -50,6 +50,7 @@ class ServerConfig:
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path | None = None  # None: OPEA_MEDIA_CACHE or ~/.cache/opea-media
+    allow_pickle_weights: bool = False  # load .bin (pickle) weights too: runs the code inside them
     max_queue: int = DEFAULT_MAX_QUEUE
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT

@@ -19,7 +19,8 @@ defaults themselves are served in tests/test_server_api.py.
 CI: FUZZ_EXAMPLES = 25 random cases per operation, derandomized (the same cases every run), plus
 the coverage phase (deterministic): with the OpenAI and AUTOMATIC1111 routes, about 1,300
 requests over 26 operations for text2image (70-100 s on 2 shared cores) and about 280 for
-image2video, whose clips are also written and read back as MP4s (minutes there). The long run (docs/reliability.md):
+image2video, whose clips are also written and read back as MP4s (minutes there). The long run
+(docs/reliability.md):
 
     OPEA_MEDIA_FUZZ_EXAMPLES=2000 python -m pytest tests/integration/test_fuzz.py -s
 
