@@ -22,6 +22,8 @@ import pytest
 import webuiapi
 from PIL import Image
 
+from opea_media.models import sources
+
 from .live_service import LiveService, start_service
 
 FAST = {"num_inference_steps": 2}
@@ -126,7 +128,7 @@ def test_openai_does_not_retry_a_500(tmp_path: Path, cache_dir: Path, tiny_t2i: 
     # A model folder that loads but cannot run: its tokenizer pads prompts past what the text
     # encoder's position embeddings hold, so every generation fails inside the pipeline.
     folder = tmp_path / "mismatched-tokenizer"
-    shutil.copytree(cache_dir / "tiny-text2image-v1", folder)
+    shutil.copytree(sources.resolve("text2image", "tiny", cache_root=cache_dir).location, folder)
     config_path = folder / "tokenizer" / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "model_max_length": 80}))
