@@ -388,3 +388,14 @@ def test_editing_bad_input(tmp_path: Path, still: Path, mask: Path, make_args, m
     result = invoke("generate-image", "a cat", "-o", str(out), *FAST, *make_args(tmp_path, still, mask))
     assert_clean_failure(result, 2, message)
     assert set(tmp_path.iterdir()) == before  # no output folder made, nothing written
+
+
+def test_an_image_url_that_cannot_be_fetched_is_named_once(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/photo.png"  # nothing listens once it is closed
+    result = invoke("animate", url, "--model", "tiny", "-o", str(tmp_path / "clip.mp4"))
+    assert_clean_failure(result, 2, f"could not fetch {url}: cannot connect")
+    assert result.stderr.count(url) == 1

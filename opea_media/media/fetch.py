@@ -68,7 +68,7 @@ def _shown(url: str | URL) -> str:
 
 
 async def _checked_target(
-    text: str, policy: UrlPolicy, *, origin: str | None, field: str
+    text: str, policy: UrlPolicy, *, origin: str | None, field: str | None
 ) -> tuple[URL, list[IPAddress]]:
     """Parse and check one hop (origin: the first URL, if this hop is a redirect)."""
     subject = _shown(text) if origin is None else f"{origin} redirects to {_shown(text)}, which"
@@ -111,7 +111,7 @@ async def _checked_target(
     return url, addresses
 
 
-async def _resolve(host: str, port: int, shown: str, field: str) -> list[IPAddress]:
+async def _resolve(host: str, port: int, shown: str, field: str | None) -> list[IPAddress]:
     literal = parse_ip_literal(host)
     if literal is not None:
         return [literal]
@@ -164,7 +164,9 @@ def _short_reason(err: aiohttp.ClientError) -> str:
     return "a network error"
 
 
-async def _read_image(response: aiohttp.ClientResponse, subject: str, max_bytes: int, field: str) -> bytes:
+async def _read_image(
+    response: aiohttp.ClientResponse, subject: str, max_bytes: int, field: str | None
+) -> bytes:
     def failed(reason: str) -> InvalidInput:
         return InvalidInput(f"could not fetch {subject}: {reason}", field=field)
 
@@ -197,7 +199,7 @@ async def fetch_url(
     max_bytes: int = MAX_INPUT_BYTES,
     timeout: float = DEFAULT_FETCH_TIMEOUT,
     max_redirects: int = 3,
-    field: str = "image_path",
+    field: str | None = "image_path",
 ) -> bytes:
     """Download an image from an http(s) URL under `policy`; failures raise InvalidInput."""
     shown = _shown(url)
@@ -211,7 +213,7 @@ async def fetch_url(
 
 
 async def _fetch(
-    url: str, policy: UrlPolicy, max_bytes: int, timeout: float, max_redirects: int, field: str
+    url: str, policy: UrlPolicy, max_bytes: int, timeout: float, max_redirects: int, field: str | None
 ) -> bytes:
     shown = _shown(url)
     resolver = _PinnedResolver()

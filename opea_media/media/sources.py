@@ -64,8 +64,10 @@ async def source_bytes(
     """The bytes a source names; `files`: a source that is no URL or data URI is a file path."""
     loop = asyncio.get_running_loop()
     if looks_like_url(source):
-        # fetch_url refuses other schemes (file://, ftp://) and addresses the policy forbids.
-        return await fetch_url(source, policy, max_bytes=MAX_INPUT_BYTES, timeout=fetch_timeout, field=field)
+        # fetch_url refuses other schemes (file://, ftp://) and addresses the policy forbids. Its
+        # messages name the URL: a field that is the URL itself would name it twice.
+        named = None if field == source else field
+        return await fetch_url(source, policy, max_bytes=MAX_INPUT_BYTES, timeout=fetch_timeout, field=named)
     if files and not is_data_uri(source):
         return await loop.run_in_executor(pool, read_file, source)
     try:
