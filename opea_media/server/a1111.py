@@ -50,8 +50,8 @@ from .a1111_wire import (
     schedule_note,
 )
 from .jobs import EditRequest, Payload
-from .keys import ADMISSION, CONFIG, IO_POOL, WORKER
-from .running import before_deadline, each, encoded_response, run_job
+from .keys import CONFIG, IO_POOL, WORKER
+from .running import admitted, before_deadline, each, encoded_response, run_job
 from .validation import read_json_body
 
 
@@ -147,9 +147,7 @@ async def _answer(
 async def txt2img(request: web.Request) -> web.Response:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()
+    async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(request, Txt2ImgRequest, pool, max_bytes=config.max_body_bytes)
         size = (body.width, body.height) if body.width and body.height else None
@@ -161,9 +159,7 @@ async def txt2img(request: web.Request) -> web.Response:
 async def img2img(request: web.Request) -> web.Response:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()
+    async with admitted(request) as deadline:
         policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(request, Img2ImgRequest, pool, max_bytes=config.max_body_bytes)

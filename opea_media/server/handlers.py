@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -21,7 +20,7 @@ from ..params import image_seed, per_output, resolve_seed
 from .jobs import VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .outputs import output_path, store_file
-from .running import before_deadline, count, each, encoded_response, rounded, run_job
+from .running import admitted, before_deadline, count, each, encoded_response, rounded, run_job
 from .validation import read_json_body
 from .wire import (
     Alive,
@@ -107,9 +106,7 @@ async def opea_health_check(request: web.Request) -> web.Response:
 async def text2image(request: web.Request) -> web.Response:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()  # before reading a byte of the body
+    async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(request, Text2ImageRequest, pool, max_bytes=config.max_body_bytes)
         requested = body.params()
@@ -145,9 +142,7 @@ async def text2image(request: web.Request) -> web.Response:
 async def image2video(request: web.Request) -> web.Response:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()
+    async with admitted(request) as deadline:
         policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(request, Image2VideoRequest, pool, max_bytes=config.max_body_bytes)

@@ -30,7 +30,7 @@ from ..params import (
 from ..params import preview_steps as spread_previews
 from .error_styles import OPENAI, Failure
 from .jobs import Payload, Previews
-from .keys import ADMISSION, CONFIG, IO_POOL, STARTED_AT, WORKER
+from .keys import CONFIG, IO_POOL, STARTED_AT, WORKER
 from .logs import request_id_var
 from .openai_wire import (
     CompletedEvent,
@@ -43,7 +43,7 @@ from .openai_wire import (
     _ImageOptions,
 )
 from .outputs import output_url, store_file
-from .running import before_deadline, each, encoded_response, run_job
+from .running import admitted, before_deadline, each, encoded_response, run_job
 from .validation import read_json_body
 
 # quality -> denoising steps ("auto": the service's default). num_inference_steps overrides it.
@@ -127,9 +127,7 @@ async def image_data(
 async def generations(request: web.Request) -> web.StreamResponse:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()
+    async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(
                 request, ImageGenerationRequest, pool, max_bytes=config.max_body_bytes

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import functools
 import re
-import time
 from typing import Any
 
 from aiohttp import web
@@ -17,10 +16,10 @@ from ..errors import InvalidInput
 from ..media.images import decode_image, decode_mask
 from ..params import NUM_IMAGES, TEXT2IMAGE_DEFAULT_STRENGTH, size_like
 from .jobs import EditRequest
-from .keys import ADMISSION, CONFIG, IO_POOL, WORKER
+from .keys import CONFIG, IO_POOL, WORKER
 from .openai_api import answer, check_model, image_params, requested_size, stream_images
 from .openai_wire import ImageEditRequest
-from .running import before_deadline, run_job
+from .running import admitted, before_deadline, run_job
 from .validation import validate
 
 MULTIPART = "multipart/form-data"
@@ -78,9 +77,7 @@ async def read_edit_form(request: web.Request, *, max_bytes: int) -> ImageEditRe
 async def edits(request: web.Request) -> web.StreamResponse:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
-    with app[ADMISSION].admit():
-        deadline = time.monotonic() + config.request_timeout
-        worker.check_admission()
+    async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
             body = await read_edit_form(request, max_bytes=config.max_body_bytes)
         check_model(body.model, worker.handle.ref)

@@ -15,11 +15,22 @@ from pydantic import BaseModel
 
 from ..errors import ClientGone, DeadlineExceeded
 from .jobs import CLIENT_DISCONNECTED, DEADLINE, HANDLER_CANCELLED, Job, Payload, Previews
-from .keys import CONFIG, WORKER
+from .keys import ADMISSION, CONFIG, WORKER
 from .logs import request_id_var
 
 # How often a waiting handler looks whether its client is still connected.
 DISCONNECT_POLL_SECONDS = 0.1
+
+
+@asynccontextmanager
+async def admitted(request: web.Request) -> AsyncIterator[float]:
+    """A generation request's admission, before a byte of its body is read: counted for the drain,
+    refused (503) at once when the model cannot take it now. Yields the request's deadline."""
+    app = request.app
+    with app[ADMISSION].admit():
+        deadline = time.monotonic() + app[CONFIG].request_timeout
+        app[WORKER].check_admission()
+        yield deadline
 
 
 @asynccontextmanager
