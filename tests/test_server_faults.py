@@ -203,7 +203,7 @@ async def test_a_bug_in_the_worker_loop_fails_running_and_queued_jobs_instead_of
     def broken_deliver(*args: Any, **kwargs: Any) -> None:
         raise AttributeError("a bug in the worker's own code")
 
-    monkeypatch.setattr(worker, "_deliver", broken_deliver)
+    monkeypatch.setattr(worker._outcomes, "deliver", broken_deliver)
     running = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "running"}))
     await until(model.running.is_set)
     queued = asyncio.create_task(client.post("/v1/text2image", json={"prompt": "queued"}))

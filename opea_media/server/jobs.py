@@ -167,3 +167,19 @@ RUNNERS: dict[str, Callable[[Any, Sequence[Job], StepCallback], list[Any]]] = {
     "text2image": run_text2image,
     "image2video": run_image2video,
 }
+
+
+@dataclass(frozen=True)
+class Status:
+    state: str  # "loading" | "ready" | "failed"
+    detail: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where the running pipeline call is: `step` of `total` (0 of 0 until its first step)."""
+
+    step: int
+    total: int
+    started: float  # time.monotonic()
+    jobs: int

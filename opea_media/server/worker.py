@@ -12,13 +12,11 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import (
     Cancelled,
     DeadlineExceeded,
-    Interrupted,
     ModelFailure,
     ModelLoading,
     ModelUnavailable,
@@ -29,29 +27,14 @@ from ..errors import (
     is_out_of_memory,
 )
 from ..models.handle import ModelHandle, ModelState
-from .jobs import DEADLINE, INTERRUPTED, RUNNERS, SHUTDOWN, Job
+from .jobs import DEADLINE, INTERRUPTED, RUNNERS, SHUTDOWN, Job, Progress, Status
 from .metrics import Metrics
+from .outcomes import Outcomes
 
 log = logging.getLogger(__name__)
 
 LOADING_RETRY_AFTER = 10  # seconds: a model loads in seconds (cached) to minutes (downloading)
 _MAX_RETRY_AFTER = 600
-
-
-@dataclass(frozen=True)
-class Status:
-    state: str  # "loading" | "ready" | "failed"
-    detail: str
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Where the running pipeline call is: `step` of `total` (0 of 0 until its first step)."""
-
-    step: int
-    total: int
-    started: float  # time.monotonic()
-    jobs: int
 
 
 class InferenceWorker:
@@ -65,6 +48,7 @@ class InferenceWorker:
         self._max_queue = max_queue
         self._max_batch_size = max_batch_size if handle.task == "text2image" else 1
         self._metrics = metrics
+        self._outcomes = Outcomes(metrics, handle.task)
         self._run_batch = RUNNERS[handle.task]
         self._queue: deque[Job] = deque()
         self._running: list[Job] = []  # inside the pipeline call now
@@ -148,7 +132,7 @@ class InferenceWorker:
             except ValueError:
                 return  # running (interrupted at the next step) or already finished
             self._metrics.queue_depth.set(len(self._queue))
-        self._log_cancelled(job, "dropped from the queue")
+        self._outcomes.log_cancelled(job, "dropped from the queue")
 
     def interrupt(self) -> int:
         """Stop the running batch at its next step; its clients get 409. Returns how many jobs."""
@@ -179,7 +163,9 @@ class InferenceWorker:
             self._metrics.queue_depth.set(0)
             self._cond.notify_all()
         for job in dropped:
-            self._give_up(job, SHUTDOWN, ShuttingDown("the service shut down before this request ran"))
+            self._outcomes.give_up(
+                job, SHUTDOWN, ShuttingDown("the service shut down before this request ran")
+            )
 
     def stop(self, timeout: float) -> None:
         """abort(), then wait up to `timeout` seconds for the thread to end."""
@@ -256,7 +242,9 @@ class InferenceWorker:
                 self._running = batch
             self._metrics.queue_depth.set(len(self._queue))
         for job in expired:
-            self._give_up(job, DEADLINE, DeadlineExceeded("the request timed out while waiting in the queue"))
+            self._outcomes.give_up(
+                job, DEADLINE, DeadlineExceeded("the request timed out while waiting in the queue")
+            )
         return batch
 
     def _execute(self, model: Any, batch: list[Job]) -> None:
@@ -315,50 +303,8 @@ class InferenceWorker:
                 self._seconds_per_job = per_job if previous is None else 0.7 * previous + 0.3 * per_job
         for index, job in enumerate(batch):
             if results is not None:
-                self._deliver(job, result=results[index])
+                self._outcomes.deliver(job, result=results[index])
             elif error is not None:
-                self._deliver(job, error=error)
+                self._outcomes.deliver(job, error=error)
             else:
-                self._deliver_interrupted(job)
-
-    def _deliver(self, job: Job, *, result: Any = None, error: OpeaMediaError | None = None) -> None:
-        # Interrupted after its last step: the result is there, and its client still waits.
-        if job.cancel_reason is not None and job.cancel_reason != INTERRUPTED:
-            self._log_cancelled(job, "finished, but nobody was waiting for the result")
-            return
-        job.settle(result=result, error=error)
-
-    def _deliver_interrupted(self, job: Job) -> None:
-        if job.cancel_reason == INTERRUPTED:
-            self._log_cancelled(job, "interrupted")
-            job.settle(error=Interrupted("interrupted by POST /sdapi/v1/interrupt before it finished"))
-        elif job.cancel_reason is not None:
-            self._log_cancelled(job, "interrupted")
-        elif job.expired():
-            self._give_up(
-                job, DEADLINE, DeadlineExceeded("the request timed out during inference"), "interrupted"
-            )
-        else:  # interrupted for shutdown while this client still waited
-            self._give_up(
-                job,
-                SHUTDOWN,
-                ShuttingDown("the service shut down before this request finished"),
-                "interrupted",
-            )
-
-    def _give_up(
-        self, job: Job, reason: str, error: OpeaMediaError, what: str = "dropped from the queue"
-    ) -> None:
-        job.cancel_reason = job.cancel_reason or reason
-        self._log_cancelled(job, what)
-        job.settle(error=error)
-
-    def _log_cancelled(self, job: Job, what: str) -> None:
-        reason = job.cancel_reason or "unknown"
-        self._metrics.jobs_cancelled.labels(reason).inc()
-        log.info(
-            "job %s (%s)",
-            what,
-            reason.replace("_", " "),
-            extra={"request_id": job.request_id, "reason": reason, "task": self.task},
-        )
+                self._outcomes.interrupted(job)
