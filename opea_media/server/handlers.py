@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -16,8 +18,8 @@ from ..media.images import fit_image, png_base64
 from ..media.sources import load_images
 from ..media.video import write_video
 from ..metadata import text2image_metadata
-from ..params import image_seed, per_output, resolve_seed
-from .jobs import VideoRequest
+from ..params import Image2VideoParams, Text2ImageParams, per_output, resolve_seed
+from .jobs import Job, VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .outputs import output_path, store_file
 from .running import admitted, before_deadline, count, each, encoded_response, rounded, run_job
@@ -120,21 +122,9 @@ async def text2image(request: web.Request) -> web.Response:
             png_base64,
             *((image, text2image_metadata(p, model=model)) for image, p in zip(images, own, strict=True)),
         )
-        assert params.seed is not None and params.width and params.height
-        seconds = job.inference_seconds or 0.0
+        what = count(len(encoded), "image")
         response = Text2ImageResponse(
-            id=job.request_id,
-            images=encoded,
-            message=f"Generated {count(len(encoded), 'image')} in {seconds:.2f} s",
-            seed=params.seed,
-            seeds=[p.seed for p in own if p.seed is not None],
-            model=model,
-            width=params.width,
-            height=params.height,
-            num_inference_steps=params.num_inference_steps,
-            guidance_scale=params.guidance_scale,
-            queue_seconds=rounded(job.queue_seconds),
-            inference_seconds=rounded(job.inference_seconds),
+            images=encoded, guidance_scale=params.guidance_scale, **_result(job, what, own, model)
         )
         return await encoded_response(pool, response)
 
@@ -163,7 +153,7 @@ async def image2video(request: web.Request) -> web.Response:
         )
         job, clips = await run_job(request, VideoRequest(tuple(fitted), tuple(clip_params)), deadline)
         frames = await each(pool, png_base64, *((frame,) for clip in clips for frame in clip))
-        first, seconds = clip_params[0], job.inference_seconds or 0.0
+        first = clip_params[0]
         # OPEA's clients read video_path, a file whose name ends in generated.mp4.
         videos = [
             output_path(
@@ -176,23 +166,32 @@ async def image2video(request: web.Request) -> web.Response:
             )
             for k, clip in enumerate(clips)
         ]
-        assert first.width and first.height
         what = f"{count(len(clips), 'clip')} ({len(frames)} frames)"
         response = Image2VideoResponse(
-            id=job.request_id,
             frames=frames,
-            message=f"Generated {what} in {seconds:.2f} s",
             frames_per_clip=[len(clip) for clip in clips],
             fps=first.fps,
             video_path=videos[0],
             videos=videos,
-            seed=seed,
-            seeds=[image_seed(seed, k) for k in range(len(clips))],
-            model=worker.handle.ref,
-            width=first.width,
-            height=first.height,
-            num_inference_steps=first.num_inference_steps,
-            queue_seconds=rounded(job.queue_seconds),
-            inference_seconds=rounded(job.inference_seconds),
+            **_result(job, what, clip_params, worker.handle.ref),
         )
         return await encoded_response(pool, response)
+
+
+def _result(
+    job: Job, what: str, outputs: Sequence[Text2ImageParams | Image2VideoParams], model: str
+) -> dict[str, Any]:
+    """What every OPEA success answer says: the outputs' seeds and size, the model, the timings."""
+    first = outputs[0]
+    return {
+        "id": job.request_id,
+        "message": f"Generated {what} in {job.inference_seconds or 0.0:.2f} s",
+        "seed": first.seed,
+        "seeds": [p.seed for p in outputs],
+        "model": model,
+        "width": first.width,
+        "height": first.height,
+        "num_inference_steps": first.num_inference_steps,
+        "queue_seconds": rounded(job.queue_seconds),
+        "inference_seconds": rounded(job.inference_seconds),
+    }
