@@ -119,6 +119,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+class Conflict(OpeaMediaError):
+    """What was asked cannot happen in the target's state (cancelling a job that already ended)."""
+
+    http_status = 409
+    exit_code = EXIT_INVALID_INPUT
+
+
+class Unprocessable(OpeaMediaError):
+    """Well-formed, but refused as a whole (an Idempotency-Key reused with another body)."""
+
+    http_status = 422
+    exit_code = EXIT_INVALID_INPUT
+
+
 class Interrupted(OpeaMediaError):
     """The running job was stopped on purpose (POST /sdapi/v1/interrupt) before it finished."""
 

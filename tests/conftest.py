@@ -45,7 +45,7 @@ def tiny_i2v(registry):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def server_client(aiohttp_client):  # type: ignore[no-untyped-def]
+def server_client(aiohttp_client, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Factory: an in-process test client for create_app(ServerConfig(**options), model_handle=handle).
 
     Waits until /health says the model is ready unless wait_ready=False. The server runs as
@@ -69,6 +69,8 @@ def server_client(aiohttp_client):  # type: ignore[no-untyped-def]
             return web.AppRunner(self.app, **kwargs)
 
     async def make(handle=None, *, wait_ready: bool = True, keepalive_timeout=KEEPALIVE_TIMEOUT, **options):  # type: ignore[no-untyped-def]
+        # Each app its own data folder: a SQLite jobs store belongs to one service at a time.
+        options.setdefault("data_dir", tmp_path_factory.mktemp("data"))
         app = create_app(ServerConfig(**options), model_handle=handle)
         server = ProductionTestServer(app)
         server.keepalive_timeout = keepalive_timeout

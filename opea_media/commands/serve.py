@@ -17,6 +17,7 @@ from ..models.tuning import Tuning, prepare_threading
 from ..server.config import (
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_JOB_LEASE,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BODY_BYTES,
@@ -25,10 +26,12 @@ from ..server.config import (
     DEFAULT_OUTPUT_RETENTION,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
+    INTERRUPTED_JOBS,
     LOG_LEVELS,
     MIB,
     ServerConfig,
 )
+from ..server.job_runner import MAX_ATTEMPTS
 from .model_options import lever_options, placement_options
 from .options import EnvCommand
 
@@ -125,11 +128,39 @@ EXIT_CANNOT_START = 1
     help="Seconds to download one image URL, redirects included.",
 )
 @click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the jobs API's jobs (SQLite), their input images and, by default, the output "
+    "files: a volume, so nothing accepted is lost in a restart. Replicas sharing --jobs-store share "
+    "this folder too. Default: data/<service> in the opea-media cache.",
+)
+@click.option(
+    "--jobs-store",
+    default=None,
+    help="Where jobs are kept: sqlite (in --data-dir; one process) or postgresql://user:pass@host/db, "
+    "one queue shared by replicas. Prefer the environment variable for a URL with a password.",
+)
+@click.option(
+    "--job-lease",
+    type=click.FloatRange(min=1),
+    default=DEFAULT_JOB_LEASE,
+    help="Seconds a running job's replica holds it without renewing (it renews every third); a "
+    "replica that dies loses its job to another after this long.",
+)
+@click.option(
+    "--interrupted-jobs",
+    type=click.Choice(INTERRUPTED_JOBS),
+    default="rerun",
+    help="A job that was running when its service stopped (a crash, kill -9): run it again from the "
+    f"start (at most {MAX_ATTEMPTS} times), or fail it with the reason.",
+)
+@click.option(
     "--output-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Folder for the files the service hands out by URL: image2video's MP4s (OPEA's video_path) "
-    "and OpenAI response_format=url images. Default: outputs/<service> in the opea-media cache.",
+    "and OpenAI response_format=url images, jobs' results. Default: outputs in --data-dir.",
 )
 @click.option(
     "--output-retention",
@@ -174,6 +205,10 @@ def serve(
     max_body_mib: int,
     shutdown_grace: float,
     fetch_timeout: float,
+    data_dir: Path | None,
+    jobs_store: str | None,
+    job_lease: float,
+    interrupted_jobs: str,
     output_dir: Path | None,
     output_retention: float,
     output_max_mib: int,
@@ -206,6 +241,10 @@ def serve(
         shutdown_grace=shutdown_grace,
         fetch_timeout=fetch_timeout,
         tuning=Tuning(**levers),
+        data_dir=data_dir,
+        jobs_store=jobs_store or None,
+        job_lease=job_lease,
+        interrupted_jobs=interrupted_jobs,
         output_dir=output_dir,
         output_retention=output_retention,
         output_max_bytes=output_max_mib * MIB,
@@ -226,6 +265,7 @@ def run(config: ServerConfig) -> None:
     from ..media.store import OutputStore
     from ..server.app import create_app, listening_socket
     from ..server.config import KEEPALIVE_TIMEOUT
+    from ..server.job_store import open_store
     from ..server.logs import configure_logging
     from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
 
@@ -241,11 +281,17 @@ def run(config: ServerConfig) -> None:
         log.critical("cannot use the output folder: %s", exc.detail)
         raise click.exceptions.Exit(EXIT_CANNOT_START) from None
     try:
+        jobs = open_store(config.jobs_store, config.data_folder)
+    except OpeaMediaError as exc:  # the folder is another service's, or the database is unreachable
+        log.critical("cannot use the jobs store: %s", exc.detail)
+        raise click.exceptions.Exit(EXIT_CANNOT_START) from None
+    try:
         sock = listening_socket(config.host, config.bind_port)
     except OSError as exc:
         log.critical("cannot listen on %s:%d: %s", config.host, config.bind_port, exc.strerror or exc)
+        jobs.close()
         raise click.exceptions.Exit(EXIT_CANNOT_START) from None
-    app = create_app(config)
+    app = create_app(config, job_store=jobs)
     drain_on_signals(app)
     url = f"http://{config.host}:{config.bind_port}"
     log.info(
@@ -263,6 +309,8 @@ def run(config: ServerConfig) -> None:
             "allow_private_urls": config.allow_private_urls,
             "allowed_url_hosts": list(config.allowed_url_hosts),
             "output_dir": str(config.output_folder),
+            "data_dir": str(config.data_folder),
+            "jobs_store": "postgresql" if config.jobs_store and config.jobs_store.startswith("postgres") else "sqlite",
             "cors_origins": list(config.cors_origins),
             "tuning": dataclasses.asdict(config.tuning),
         },

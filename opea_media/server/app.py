@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import socket
 import threading
@@ -20,6 +21,8 @@ from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
 from .config import ServerConfig
+from .job_runner import jobs_context
+from .job_store import SqlJobStore
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, OUTPUTS, ROUTE_OF, STARTED_AT, WORKER
 from .metrics import Metrics
 from .middleware import access_middleware, api_key_middleware, cors_headers, cors_middleware, error_middleware
@@ -33,8 +36,14 @@ from .worker import InferenceWorker
 WORKER_STOP_TIMEOUT = 30.0
 
 
-def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = None) -> web.Application:
-    """Build the service. `model_handle` replaces the registry's (tests, embedding).
+def create_app(
+    config: ServerConfig,
+    *,
+    model_handle: ModelHandle[Any] | None = None,
+    job_store: SqlJobStore | None = None,
+) -> web.Application:
+    """Build the service. `model_handle` replaces the registry's (tests, embedding); `job_store`
+    is the store `serve` opened already (None: opened as the app starts).
 
     Nothing here imports torch: the handle loads the model on the worker thread, after the port is open.
     """
@@ -82,6 +91,7 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     }
     app.cleanup_ctx.append(_model_worker)
     app.cleanup_ctx.append(keep_outputs_bounded)
+    app.cleanup_ctx.append(functools.partial(jobs_context, store=job_store))  # cleaned up first
     return app
 
 

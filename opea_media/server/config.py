@@ -37,6 +37,11 @@ KEEPALIVE_TIMEOUT = 75.0
 # hour, and the oldest go first once the folder holds more than the budget.
 DEFAULT_OUTPUT_RETENTION = 3600.0
 DEFAULT_OUTPUT_MAX_BYTES = 2048 * MIB
+# The jobs API: a running job's lease (renewed every third of it; a replica that dies mid-job
+# loses its job to another after at most this long), and what happens to a job that was running
+# when its service stopped.
+DEFAULT_JOB_LEASE = 30.0
+INTERRUPTED_JOBS = ("rerun", "fail")
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,12 @@ class ServerConfig:
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
     io_threads: int = 4  # image decoding and PNG encoding, off the event loop
     tuning: Tuning = Tuning()  # the memory/speed levers (models/tuning.py)
-    output_dir: Path | None = None  # None: <cache>/outputs/<service>
+    # The jobs (jobs.sqlite3), their inputs and, unless output_dir says otherwise, the output files.
+    data_dir: Path | None = None  # None: <cache>/data/<service>
+    jobs_store: str | None = None  # None: SQLite under data_dir; or postgresql://... (replicas)
+    job_lease: float = DEFAULT_JOB_LEASE
+    interrupted_jobs: str = "rerun"
+    output_dir: Path | None = None  # None: <data_dir>/outputs
     output_retention: float = DEFAULT_OUTPUT_RETENTION
     output_max_bytes: int = DEFAULT_OUTPUT_MAX_BYTES
     # The service's address as clients reach it (a proxy's), for the URLs it hands out; None:
@@ -85,7 +95,18 @@ class ServerConfig:
         for name in ("max_queue", "max_batch_size", "max_body_bytes", "io_threads", "output_max_bytes"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("request_timeout", "fetch_timeout", "output_retention"):
+        if self.interrupted_jobs not in INTERRUPTED_JOBS:
+            raise InvalidInput(
+                f"interrupted_jobs must be one of {', '.join(INTERRUPTED_JOBS)}, got {self.interrupted_jobs!r}"
+            )
+        if self.jobs_store is not None and not self.jobs_store.startswith(
+            ("sqlite", "postgresql://", "postgres://")
+        ):
+            raise InvalidInput(
+                "jobs_store must be 'sqlite' or a postgresql:// URL, "
+                f"got one starting {self.jobs_store.split(':', 1)[0][:20]!r}"
+            )
+        for name in ("request_timeout", "fetch_timeout", "output_retention", "job_lease"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
         if self.shutdown_grace < 0:
@@ -114,5 +135,9 @@ class ServerConfig:
         return self.model or DEFAULT_MODELS[self.service]
 
     @property
+    def data_folder(self) -> Path:
+        return self.data_dir or cache_root() / "data" / self.service
+
+    @property
     def output_folder(self) -> Path:
-        return self.output_dir or cache_root() / "outputs" / self.service
+        return self.output_dir or self.data_folder / "outputs"

@@ -22,6 +22,10 @@ DEADLINE = "deadline"
 SHUTDOWN = "shutdown"
 HANDLER_CANCELLED = "handler_cancelled"
 INTERRUPTED = "interrupted"  # POST /sdapi/v1/interrupt
+JOB_CANCELLED = "cancelled"  # DELETE /v1/jobs/{id}
+LEASE_LOST = "lease_lost"  # a stored job's lease ran out and another replica took it
+# A stored job's runner waits on its future whatever happens: these ends settle it too.
+SETTLED_WHEN_CANCELLED = (JOB_CANCELLED, LEASE_LOST)
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,12 @@ class Job:
         deadline: float,
         loop: asyncio.AbstractEventLoop,
         previews: Previews | None = None,
+        on_step: StepCallback | None = None,
     ) -> None:
         self.request_id = request_id
         self.payload = payload
         self.previews = previews
+        self.on_step = on_step  # called on the worker thread after each denoising step
         self.deadline = deadline  # time.monotonic(), the same clock as loop.time()
         self.enqueued_at = time.monotonic()
         self.started_at: float | None = None

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from ..media.store import OutputStore
     from .config import ServerConfig
+    from .job_runner import JobRunner
     from .metrics import Metrics
     from .routes import Route
     from .shutdown import Admission
@@ -24,6 +25,7 @@ ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
 IO_POOL: web.AppKey[ThreadPoolExecutor] = web.AppKey("io_pool")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")  # the document, serialised once
 OUTPUTS: web.AppKey[OutputStore] = web.AppKey("outputs")
+JOBS: web.AppKey[JobRunner] = web.AppKey("jobs")  # the jobs API's store and runner, once started
 # The route table's entry of each aiohttp route: its error style and whether it needs the key.
 ROUTE_OF: web.AppKey[dict[AbstractRoute, Route]] = web.AppKey("route_of")
 STARTED_AT: web.AppKey[float] = web.AppKey("started_at")  # time.time() when the app was built

@@ -37,9 +37,11 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
         401: "An API key is configured and 'Authorization: Bearer <key>' (or Basic authentication "
         "with the key as the password) is missing or wrong.",
         404: "What the path names does not exist (an unknown model id; an output file that expired).",
-        409: "POST /sdapi/v1/interrupt stopped this request's job before it finished.",
+        409: "POST /sdapi/v1/interrupt stopped this request's job before it finished; or the job "
+        "to cancel already ended.",
         413: f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes).",
         415: "The body was not sent with the Content-Type the operation takes.",
+        422: "The Idempotency-Key was used before with another body.",
         500: "Inference failed: out of memory, or a library error (the log has it under X-Request-ID).",
         503: "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
         "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
@@ -55,7 +57,9 @@ def _response(answer: Answer, *, should_retry: bool = False) -> dict[str, Any]:
     if should_retry:
         headers["x-should-retry"] = _ref("headers", "ShouldRetry")
     schema = {"type": "string"} if answer.media_type != JSON else {"type": "object"}
-    if answer.body is not None:
+    if answer.media_type == EVENT_STREAM:
+        schema = _text_schema(EVENT_STREAM, answer)
+    elif answer.body is not None:
         schema = {"$ref": _SCHEMAS.format(model=answer.body.__name__)}
     content = {answer.media_type: {"schema": schema}}
     content |= {media_type: {"schema": _text_schema(media_type, answer)} for media_type in answer.also}
@@ -100,11 +104,16 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
         "summary": route.summary,
         "responses": responses,
     }
-    if route.path_parameters:
-        operation["parameters"] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-            for name in route.path_parameters
-        ]
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in route.path_parameters
+    ]
+    parameters += [
+        {"name": p.name, "in": p.location, "description": p.description, "schema": dict(p.schema)}
+        for p in route.parameters
+    ]
+    if parameters:
+        operation["parameters"] = parameters
     if route.request is not None:
         what = "A JSON object" if route.request_media_type == JSON else "A form"
         operation["requestBody"] = {

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import DeadlineExceeded, Interrupted, OpeaMediaError, ShuttingDown
-from .jobs import DEADLINE, INTERRUPTED, SHUTDOWN, Job
+from ..errors import Cancelled, DeadlineExceeded, Interrupted, OpeaMediaError, ShuttingDown
+from .jobs import DEADLINE, INTERRUPTED, SETTLED_WHEN_CANCELLED, SHUTDOWN, Job
 from .metrics import Metrics
 
 log = logging.getLogger("opea_media.server.worker")
@@ -52,6 +52,8 @@ class Outcomes:
 
     def log_cancelled(self, job: Job, what: str) -> None:
         reason = job.cancel_reason or "unknown"
+        if reason in SETTLED_WHEN_CANCELLED:
+            job.settle(error=Cancelled(f"the job was {what} ({reason.replace('_', ' ')})"))
         self._metrics.jobs_cancelled.labels(reason).inc()
         log.info(
             "job %s (%s)",

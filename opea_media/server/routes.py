@@ -11,9 +11,11 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import TASKS, Task
-from . import a1111, handlers, openai_api, openai_edits, outputs
+from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
+from .job_runner import RESULT_FORMATS
+from .jobs_wire import JobList, JobView
 from .openai_wire import (
     CompletedEvent,
     ImageEditRequest,
@@ -64,6 +66,16 @@ def protected_path(path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class Parameter:
+    """A query or header parameter, for the OpenAPI document."""
+
+    name: str
+    location: str  # "query" | "header"
+    description: str
+    schema: Mapping[str, object]
+
+
+@dataclass(frozen=True)
 class Route:
     method: str
     path: str  # aiohttp's pattern: {name} or {name:regex}
@@ -78,6 +90,7 @@ class Route:
     services: tuple[Task, ...] = TASKS
     error_style: ErrorStyle = OPEA
     open: bool = False  # True: no API key even when one is set (capability URLs, OPEA's probe)
+    parameters: tuple[Parameter, ...] = ()
 
     @property
     def protected(self) -> bool:
@@ -126,7 +139,79 @@ def _sdapi(
     )
 
 
+JOB = "/v1/jobs/{job_id}"
+
+
+def _job_submits() -> tuple[Route, ...]:
+    """POST /v1/jobs: each service's own request body."""
+    requests = {"text2image": Text2ImageRequest, "image2video": Image2VideoRequest}
+    return tuple(
+        Route(
+            "POST",
+            jobs_api.JOBS_PATH,
+            jobs_api.submit,
+            "submit_job",
+            "Submit a job: the synchronous endpoint's body; answers 202 at once, then poll, follow or cancel it",
+            {202: Answer("The job, queued (or, for a replayed Idempotency-Key, as it is now).", JobView)},
+            request=request,
+            errors=(400, 413, 415, 422, 503, 504),
+            services=(service,),
+            parameters=(
+                Parameter(
+                    "formats",
+                    "query",
+                    "Comma-separated result formats per output; default: the first.",
+                    {"type": "string", "pattern": f"^({'|'.join(RESULT_FORMATS[service])})(,({'|'.join(RESULT_FORMATS[service])}))*$"},
+                ),
+                Parameter(
+                    "Idempotency-Key",
+                    "header",
+                    "A retried submit with the same key (and body) returns the same job, never a second one.",
+                    {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                ),
+            ),
+        )
+        for service, request in requests.items()
+    )
+
+
 ROUTES: tuple[Route, ...] = (
+    *_job_submits(),
+    Route(
+        "GET",
+        jobs_api.JOBS_PATH,
+        jobs_api.list_jobs,
+        "list_jobs",
+        "The jobs, newest first, a page at a time",
+        {200: Answer("A page of jobs.", JobList)},
+        errors=(400,),
+        parameters=(
+            Parameter("limit", "query", "Jobs per page.", {"type": "integer", "minimum": 1, "maximum": jobs_api.MAX_PAGE}),
+            Parameter("before", "query", "The `next` of the previous page.", {"type": "string"}),
+        ),
+    ),
+    Route("GET", JOB, jobs_api.get_job, "get_job", "A job's state", {200: Answer("The job.", JobView)}, errors=(404,)),
+    Route(
+        "GET",
+        JOB + "/events",
+        jobs_api.events,
+        "job_events",
+        "Follow a job: server-sent events of its current state, every change and step, ending with the final state",
+        {200: Answer("The events; each data is the job.", media_type=EVENT_STREAM, events=(JobView,))},
+        errors=(404,),
+    ),
+    Route(
+        "DELETE",
+        JOB,
+        jobs_api.cancel_job,
+        "cancel_job",
+        "Cancel a job: a queued one at once, a running one at its next denoising step",
+        {
+            200: Answer("Cancelled (or it was already).", JobView),
+            202: Answer("Running: it stops at its next step (cancel_requested).", JobView),
+        },
+        errors=(404, 409),
+    ),
     Route(
         "POST",
         "/v1/text2image",

@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import (
@@ -57,6 +58,9 @@ class InferenceWorker:
         self._stopping = False
         self._abort = False  # set when the grace period is over: interrupt the running batch
         self._seconds_per_job: float | None = None  # moving average, for Retry-After
+        # Jobs waiting elsewhere for this worker (the jobs API's store): they count against the
+        # same bound as the requests in its own queue.
+        self.backlog: Callable[[], int] = lambda: 0
         # The running call's step, written by the worker thread and read by /sdapi/v1/progress:
         # one attribute store, replaced whole.
         self.progress: Progress | None = None
@@ -100,25 +104,34 @@ class InferenceWorker:
         """False once the worker thread died: nothing will ever run here again."""
         return self.failure is None
 
-    def check_admission(self) -> None:
-        """Raise the 503 a new request should get now, before any work is spent on it."""
+    def check_admission(self, *, while_loading: bool = False) -> None:
+        """Raise the 503 a new request should get now, before any work is spent on it.
+
+        `while_loading`: a stored job may wait for the model to load; a request would time out.
+        """
         status = self.status
-        if status.state == "loading":
+        if status.state == "loading" and not while_loading:
             raise ModelLoading(f"{status.detail}; retry shortly", retry_after=LOADING_RETRY_AFTER)
         if status.state == "failed":
             raise ModelUnavailable(status.detail)  # no Retry-After: retrying will not help
         if self._stopping:
             raise ShuttingDown()
-        if len(self._queue) >= self._max_queue:
+        if len(self._queue) + self.backlog() >= self._max_queue:
             raise QueueFull(
-                f"the queue is full ({self._max_queue} requests waiting); retry later",
+                f"the queue is full ({self._max_queue} jobs waiting); retry later",
                 retry_after=self.retry_after(),
             )
 
-    def submit(self, job: Job) -> None:
-        """Admit a job, or raise the 503 that says why not (the queue is full, shutting down)."""
+    def submit(self, job: Job, *, bounded: bool = True) -> None:
+        """Admit a job, or raise the 503 that says why not (the queue is full, shutting down).
+
+        `bounded` False: a job the jobs API admitted already (it counted against the bound then).
+        """
         with self._cond:
-            self.check_admission()
+            if bounded:
+                self.check_admission()
+            elif self._stopping:
+                raise ShuttingDown()
             self._queue.append(job)
             self._metrics.queue_depth.set(len(self._queue))
             self._cond.notify()
@@ -263,6 +276,9 @@ class InferenceWorker:
 
         def on_step(step: int, total: int) -> None:
             self.progress = Progress(step, total, started, len(batch))
+            for job in batch:
+                if job.on_step is not None:
+                    job.on_step(step, total)
             if self._abort:
                 raise Cancelled("the service is shutting down")
             now = time.monotonic()
