@@ -323,7 +323,7 @@ class JobRunner:
                     await self.call(self.remove_inputs, record.request.get("inputs", ()))
             except Exception:
                 log.warning("could not prune old jobs", exc_info=True)
-            await asyncio.sleep(PRUNE_INTERVAL)
+            await asyncio.sleep(min(PRUNE_INTERVAL, retention / 2))
 
 
 def _file(name: str, fmt: str, output: int, seed: int | None) -> dict[str, Any]:

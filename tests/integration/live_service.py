@@ -138,7 +138,10 @@ def start_service(
     if cache_dir is not None:
         full_env["OPEA_MEDIA_CACHE"] = str(cache_dir)
     args = [*command(), "serve", "--service", service, "--model", "tiny", "--device", "cpu"]
-    args += ["--host", "127.0.0.1", "--port", str(port), *extra]
+    args += ["--host", "127.0.0.1", "--port", str(port)]
+    if "--data-dir" not in extra:  # each service its own jobs, unless the test shares a folder
+        args += ["--data-dir", str(log_dir / f"data-{service}-{port}")]
+    args += extra
     with open(log_path, "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env)
     return LiveService(process, port, log_path, full_env)

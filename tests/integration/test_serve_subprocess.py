@@ -92,7 +92,7 @@ def serve(tmp_path: Path, cache_dir: Path, tiny_t2i: Any, tiny_i2v: Any) -> Iter
             "OPEA_MEDIA_LOG_LEVEL": "debug",
         }
         args = [*command(), "serve", "--service", service, "--model", "tiny", "--device", "cpu"]
-        args += ["--host", "127.0.0.1", "--port", str(port), *extra]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp_path / f"data-{port}"), *extra]
         with open(log_path, "wb") as log:
             process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         started.append(Service(process, port, log_path))
