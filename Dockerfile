@@ -68,11 +68,11 @@ ARG OPEA_UID=1000
 # /data/huggingface is what the compose volumes mount: the Hugging Face cache survives restarts.
 # /data/opea-media holds the built-in tiny pipelines (rebuilt in about a second when missing).
 # /data/outputs: the files handed out by URL (the compose files mount a volume there, which
-# takes this folder's owner on first use).
+# takes this folder's owner on first use). /data/jobs: the jobs API's jobs and inputs (a volume too).
 RUN set -eu; \
     groupadd --gid "$OPEA_UID" opea; \
     useradd --uid "$OPEA_UID" --gid opea --create-home --home-dir /home/opea --shell /usr/sbin/nologin opea; \
-    mkdir -p /data/huggingface /data/opea-media /data/outputs; \
+    mkdir -p /data/huggingface /data/opea-media /data/outputs /data/jobs; \
     chown -R opea:opea /data
 
 COPY --from=deps /opt/venv /opt/venv

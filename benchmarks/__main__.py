@@ -1,7 +1,7 @@
 """The benchmark suite: `python -m benchmarks [--quick] [--device cuda] [--only SECTION ...] [--out FOLDER]`.
 
 Prints one table per section and writes results.json and results.md into the output folder.
-Sections: startup, overhead, concurrency, encoding, levers, memory (in this order; memory last
+Sections: startup, overhead, jobs, concurrency, encoding, levers, memory (in this order; memory last
 because its SVD-XT-size runs take longest). `--device cuda` runs the GPU variant (float16, full
 sizes and step counts, sized for minutes on an H100-class GPU; also `python -m benchmarks.gpu`).
 docs/performance.md explains every figure.
@@ -21,7 +21,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SECTIONS = ("startup", "overhead", "concurrency", "encoding", "levers", "memory")
+SECTIONS = ("startup", "overhead", "jobs", "concurrency", "encoding", "levers", "memory")
 
 
 def usable_cores() -> int:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_section(section: str, args: argparse.Namespace) -> Any:
-    from . import concurrency, encoding, levers, memory, overhead, startup
+    from . import concurrency, encoding, jobs, levers, memory, overhead, startup
 
     quick = args.quick
     log = lambda text: print(f"  {text}", flush=True)  # noqa: E731
@@ -146,6 +146,8 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
         log(f"tiny: ratio {rows[0]['ratio']['median']:.3f}")
         rows.append(overhead.run("random:sd21", height=256, width=256, steps=4, rounds=3 if quick else 8))
         return rows
+    if section == "jobs":
+        return [jobs.run("tiny", rounds=8 if quick else 20)]
     if section == "concurrency":
         levels = (1, 4, 16)
         t2i = concurrency.run(
@@ -190,7 +192,7 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
 
 def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
     """The figures on CUDA in float16: SD 2.1 at 768 px / 25 steps, SVD-XT at 25 frames / 25 steps."""
-    from . import concurrency, encoding, levers, memory, overhead, startup
+    from . import concurrency, encoding, jobs, levers, memory, overhead, startup
 
     sd21_768 = {"prompt": "a red fox", "num_inference_steps": 25, "height": 768, "width": 768}
     if section == "startup":
@@ -225,6 +227,8 @@ def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
                 requests_per_level={1: 2, 4: 8, 16: 16},
             )
         ]
+    if section == "jobs":
+        return [jobs.run("tiny", rounds=10)]
     if section == "encoding":
         return encoding.run(rounds=3, threads=4)
     if section == "levers":

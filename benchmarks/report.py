@@ -58,6 +58,25 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
                 rows,
             )
         ]
+    if section == "jobs":
+        rows = [
+            [
+                r["model"],
+                f"{r['size']}, {r['steps']} steps",
+                _s(r["synchronous"]),
+                _s(r["job"]),
+                _s(r["ratio"], unit="x"),
+                f"{r['event_delay_ms']['median']:.2f} / {r['event_delay_ms']['p99']:.2f} ms",
+            ]
+            for r in f
+        ]
+        return [
+            (
+                "Jobs API: a job (submit, events, download) vs POST /v1/text2image; event delay behind the step",
+                ["model", "request", "synchronous", "job", "ratio", "event delay p50 / p99"],
+                rows,
+            )
+        ]
     if section == "concurrency":
         out = []
         for run in f:

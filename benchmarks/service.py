@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -50,6 +51,8 @@ class ServeProcess:
         replaces `python -m opea_media` as the command that `serve ...` is appended to."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Each server its own jobs store: several run side by side.
+        self._data = tempfile.TemporaryDirectory(prefix="opea-media-bench-data-")
         environment = {**os.environ, **(env or {})}
         command = [
             *(launcher or opea_media_command()),
@@ -64,6 +67,8 @@ class ServeProcess:
             str(self.port),
             "--log-level",
             "warning",
+            "--data-dir",
+            self._data.name,
             *args,
         ]
         self.started = time.perf_counter()
@@ -116,6 +121,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._data.cleanup()
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -77,7 +77,7 @@ def test_the_spec_deployment(compose: list[str]) -> None:
     assert set(services) == {"text2image", "image2video"}
     assert cfg["networks"]["opea-network"]["driver"] == "bridge"
     assert set(cfg["volumes"]) == {
-        f"{s}_{v}" for s in ("text2image", "image2video") for v in ("cache", "outputs")
+        f"{s}_{v}" for s in ("text2image", "image2video") for v in ("cache", "outputs", "jobs")
     }
     assert services["text2image"]["image"] == services["image2video"]["image"] == "opea-media:latest"
     assert services["text2image"]["build"]["args"]["BASE_IMAGE"] == "python:3.11-slim"
@@ -98,6 +98,10 @@ def test_the_spec_deployment(compose: list[str]) -> None:
         if isinstance(outputs, dict):
             outputs = f"{outputs['source']}:{outputs['target']}"
         assert outputs.split(":")[:2] == [f"{name}_outputs", "/data/outputs"]
+        jobs = service["volumes"][2]
+        if isinstance(jobs, dict):
+            jobs = f"{jobs['source']}:{jobs['target']}"
+        assert jobs.split(":")[:2] == [f"{name}_jobs", "/data/jobs"]
         resources = service["deploy"]["resources"]
         assert size(resources["limits"]["memory"]) == 8 * GIB
         assert size(resources["reservations"]["memory"]) == 4 * GIB
@@ -115,6 +119,7 @@ def test_the_spec_deployment(compose: list[str]) -> None:
         assert env["OPEA_MEDIA_ALLOW_PRIVATE_URLS"] == "false"
         assert env["OPEA_MEDIA_THREADS"] == "auto"
         assert env["OPEA_MEDIA_OUTPUT_DIR"] == "/data/outputs" and env["OPEA_MEDIA_CORS_ORIGINS"] == ""
+        assert env["OPEA_MEDIA_DATA_DIR"] == "/data/jobs"
 
 
 def test_settings_come_from_variables(compose: list[str]) -> None:
