@@ -112,6 +112,8 @@ async def submit(request: web.Request) -> web.Response:
         async with before_deadline(deadline, config.request_timeout):
             body = await read_json_body(request, model, pool, max_bytes=config.max_body_bytes)
             submitted = body.model_dump(mode="json")
+            # Off the event loop: an image2video body holds megabytes of base64.
+            fingerprint = await runner.call(_fingerprint, submitted, formats)
             stored = {**submitted, "seed": resolve_seed(body.seed)}
             if isinstance(body, Image2VideoRequest):
                 stored = await _store_inputs(request, body, job_id, stored)
@@ -119,14 +121,14 @@ async def submit(request: web.Request) -> web.Response:
             runner.store.submit,
             task=config.service,
             request=stored,
-            fingerprint=_fingerprint(submitted, formats),
+            fingerprint=fingerprint,
             formats=formats,
             idempotency_key=key,
             job_id=job_id,
         )
     if not created:
         await runner.call(runner.remove_inputs, stored.get("inputs", ()))  # this submit's own copies
-        if record.fingerprint != _fingerprint(submitted, formats):
+        if record.fingerprint != fingerprint:
             raise Unprocessable(
                 "this Idempotency-Key was used before with another request; use a new key for a new job"
             )
