@@ -11,6 +11,7 @@ from PIL import Image
 from ..errors import ModelFailure
 from ..media.images import fit_image
 from ..params import Image2VideoParams
+from .decoding import decode_frames
 from .inference import StepCallback, run_pipeline, step_callback
 
 
@@ -56,7 +57,8 @@ class Image2VideoModel:
             raise ValueError("resolve the seed before generating")
         p = self.complete(params)
         assert p.height and p.width and p.num_frames
-        frames = run_pipeline(
+        chunk = min(p.decode_chunk_size or p.num_frames, p.num_frames)
+        latents = run_pipeline(
             self.pipe,
             image=fit_image(image, p.width, p.height),
             height=p.height,
@@ -66,11 +68,12 @@ class Image2VideoModel:
             fps=p.fps,
             motion_bucket_id=p.motion_bucket_id,
             noise_aug_strength=p.noise_aug_strength,
-            decode_chunk_size=min(p.decode_chunk_size or p.num_frames, p.num_frames),
+            decode_chunk_size=chunk,
             generator=torch.Generator("cpu").manual_seed(p.seed),  # type: ignore[arg-type]
-            output_type="pil",
+            output_type="latent",
             callback_on_step_end=step_callback(p.num_inference_steps, on_step),
-        ).frames[0]
+        ).frames
+        (frames,) = decode_frames(self.pipe, latents, num_frames=p.num_frames, chunk=chunk)
         if len(frames) != p.num_frames:
             raise ModelFailure(f"the pipeline returned {len(frames)} frames, expected {p.num_frames}")
         return list(frames)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,19 +44,25 @@ def step_callback(
 def run_pipeline(pipe: Any, **kwargs: Any) -> Any:
     """Call the pipeline with autograd off; turn library failures into our error types."""
     started = time.perf_counter()
+    with library_errors(), torch.inference_mode():
+        output = pipe(**kwargs)
+    log.debug(
+        "pipeline call done",
+        extra={
+            "pipeline": type(pipe).__name__,
+            "steps": kwargs.get("num_inference_steps"),
+            "size": f"{kwargs.get('width')}x{kwargs.get('height')}",
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    return output
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    """Inference's failures as our error types: out of memory, or a library's error (logged)."""
     try:
-        with torch.inference_mode():
-            output = pipe(**kwargs)
-        log.debug(
-            "pipeline call done",
-            extra={
-                "pipeline": type(pipe).__name__,
-                "steps": kwargs.get("num_inference_steps"),
-                "size": f"{kwargs.get('width')}x{kwargs.get('height')}",
-                "seconds": round(time.perf_counter() - started, 3),
-            },
-        )
-        return output
+        yield
     except OpeaMediaError:
         raise
     except (torch.OutOfMemoryError, MemoryError):

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .decoding import decode_images
+
 PreviewCallback = Callable[[int, list[Image.Image]], None]
 
 
@@ -62,9 +64,7 @@ class PreviewTap:
         if step not in self.steps:
             return
         latents = self._x0 if self._x0 is not None else kwargs["latents"]
-        vae = self.pipe.vae
-        decoded = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        images = self.pipe.image_processor.postprocess(decoded, output_type="pil")
+        images = decode_images(self.pipe, latents)
         if self.finish is not None:
             images = [self.finish(image, k) for k, image in enumerate(images)]
         self.on_preview(step, images)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..errors import ModelFailure
 from ..params import Text2ImageParams, image_seed
+from .decoding import decode_images
 from .editing import EditPipelines, denoising_steps, fit_inputs, keep_unmasked, pipeline_strength, strength_of
 from .inference import StepCallback, run_pipeline, step_callback
 from .previews import PreviewCallback, PreviewTap
@@ -185,7 +186,8 @@ class Text2ImageModel:
         total, done, on_step = progress
         callback = step_callback(total, on_step, done=done, then=preview.after_step if preview else None)
         with preview.attached() if preview is not None else nullcontext():
-            images = run_pipeline(pipe, output_type="pil", callback_on_step_end=callback, **kwargs).images
+            latents = run_pipeline(pipe, output_type="latent", callback_on_step_end=callback, **kwargs).images
+        images = decode_images(pipe, latents)
         expected = len(kwargs["generator"])
         if len(images) != expected:
             raise ModelFailure(f"the pipeline returned {len(images)} images, expected {expected}")
