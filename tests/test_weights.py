@@ -131,3 +131,44 @@ def test_the_cli_refuses_pickles_in_one_line_and_the_variable_allows_them(
     allowed = CliRunner().invoke(cli, args, env=env)
     assert allowed.exit_code == 0, allowed.stderr
     assert (tmp_path / "cat.png").is_file()
+
+
+def test_a_load_failure_names_the_missing_file_and_the_variant(
+    folders: dict[str, Path], tmp_path: Path, cache_dir: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from opea_media.cli import cli
+
+    (folders["full"] / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    args = ["generate-image", "a cat", "--model", str(folders["full"]), "--steps", "1", "-o", str(tmp_path / "c.png")]
+    failed = CliRunner().invoke(cli, args, env={"OPEA_MEDIA_CACHE": str(cache_dir)})
+    assert failed.exit_code == 3
+    (line,) = failed.stderr.strip().splitlines()
+    assert "diffusion_pytorch_model.safetensors" in line and str(folders["full"] / "unet") in line, line
+    assert "see the service log" not in line
+
+    # A 16-bit load looks for the fp16 files (then the full ones): the folder is named, and the variant.
+    (folders["fp16"] / "vae" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    with pytest.raises(ModelUnavailable) as caught:
+        ModelRegistry(device="cpu", dtype="bfloat16", cache_dir=cache_dir).text2image(str(folders["fp16"]))
+    assert str(folders["fp16"] / "vae") in caught.value.detail
+    assert "looked for the fp16 weights first" in caught.value.detail
+
+
+async def test_health_says_why_the_model_did_not_load(
+    server_client: Any, folders: dict[str, Path], cache_dir: Path
+) -> None:
+    import asyncio
+
+    (folders["full"] / "vae" / "config.json").unlink()
+    client = await server_client(
+        None, wait_ready=False, model=str(folders["full"]), device="cpu", dtype="float32", cache_dir=cache_dir
+    )
+    for _ in range(600):
+        body = await (await client.get("/health")).json()
+        if body["status"] != "loading":
+            break
+        await asyncio.sleep(0.05)
+    assert body["status"] == "failed"
+    assert "no file named config.json" in body["detail"] and str(folders["full"] / "vae") in body["detail"]

@@ -66,10 +66,11 @@ class ModelHandle(Generic[M]):
             try:
                 model = self._loader()
             except OpeaMediaError as exc:
-                self._fail(exc.detail)
+                cause = exc.__cause__
+                self._fail(exc.detail, cause if isinstance(cause, Exception) else None)
                 raise  # its own type the first time (a bad --device stays bad input)
             except Exception as exc:  # a library failure: the log gets the traceback, the caller the gist
-                self._fail(f"could not load {self.ref} ({type(exc).__name__}); see the service log", exc)
+                self._fail(f"could not load {self.ref}: {gist(exc)}", exc)
             else:
                 self.load_seconds = time.perf_counter() - started
                 self._model = model
@@ -89,3 +90,11 @@ class ModelHandle(Generic[M]):
         self.state = ModelState.FAILED
         extra = {"task": self.task, "model": self.ref, "reason": reason}
         log.error("model load failed", exc_info=exc, extra=extra)
+
+
+def gist(exc: BaseException, limit: int = 300) -> str:
+    """A library exception in one line a person can act on (the missing file, the bad shape)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    text = text.removeprefix("Error ").rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, Task, cache_root
 from ..errors import InvalidInput, ModelUnavailable
-from .handle import ModelHandle
+from .handle import ModelHandle, gist
 from .tuning import AppliedTuning, Tuning, auto_dtype
 
 log = logging.getLogger(__name__)
@@ -121,13 +121,17 @@ class ModelRegistry:
                     "(OPEA_MEDIA_ALLOW_PICKLE_WEIGHTS=1)"
                 )
             log.info("choosing the weight files", extra={"variant": weights.variant or "full precision"})
-            pipe = DiffusionPipeline.from_pretrained(
-                source.location,
-                dtype=placement.dtype,
-                variant=weights.variant,
-                use_safetensors=None if weights.pickled else True,
-                local_files_only=source.cached_only,
-            )
+            try:
+                pipe = DiffusionPipeline.from_pretrained(
+                    source.location,
+                    dtype=placement.dtype,
+                    variant=weights.variant,
+                    use_safetensors=None if weights.pickled else True,
+                    local_files_only=source.cached_only,
+                )
+            except (OSError, ValueError) as exc:  # a file missing or unreadable: name it
+                looked = f" (looked for the {weights.variant} weights first)" if weights.variant else ""
+                raise ModelUnavailable(f"could not load {ref}: {gist(exc)}{looked}") from exc
             pipe = pipe.to(placement.device)
         pipe.set_progress_bar_config(disable=True)
         apply_tuning(pipe, tuning)
