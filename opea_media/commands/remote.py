@@ -162,7 +162,7 @@ def run_jobs(
     runs = client.service()
     if runs is not None and runs != task:
         raise InvalidInput(
-            f"{client.base_url} runs the {runs} service, not {task}: point --server at a {task} "
+            f"{client.base_url} runs the {runs} service, not {task}: point --server at the {task} "
             f"service (port {DEFAULT_PORTS[task]} by default)"
         )
     targets = iter(paths)
