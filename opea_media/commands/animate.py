@@ -191,10 +191,10 @@ def run_remote(
     seed = resolve_seed(params.seed)
     jobs = [
         RemoteJob(
-            _label(k, len(inputs)),
-            image2video_body(dataclasses.replace(params, seed=image_seed(seed, k)), data),
-            params.num_inference_steps,
-            1,
+            label=_label(k, len(inputs)),
+            body=image2video_body(dataclasses.replace(params, seed=image_seed(seed, k)), data),
+            steps=params.num_inference_steps,
+            outputs=1,
         )
         for k, data in enumerate(inputs)
     ]

@@ -242,9 +242,12 @@ def run_remote(
     requests, paths = _plan(prompts, output, params)
     jobs = [
         RemoteJob(
-            _label(i, len(requests)), text2image_body(r), r.num_inference_steps, r.num_images_per_prompt
+            label=_label(i, len(requests)),
+            body=text2image_body(request),
+            steps=request.num_inference_steps,
+            outputs=request.num_images_per_prompt,
         )
-        for i, r in enumerate(requests)
+        for i, request in enumerate(requests)
     ]
     reporter = Reporter(quiet=quiet)
     written: list[Path] = []

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What the service decides, not the client: flag name -> option name.
+# What the service decides, not the client (the levers of the task besides).
 MODEL_OPTIONS = ("model", "device", "dtype", "allow_pickle_weights")
 CANCEL_TIMEOUT = 5.0  # seconds: Ctrl-C should not hang on a service that stopped answering
 
@@ -84,7 +84,7 @@ def check_flags(ctx: click.Context, task: Task, *, server: str | None, refused: 
             f"{', '.join(typed)}: with --server the service's own model, device and levers apply; "
             f"drop {them}, or {local} to use {them} here"
         )
-    for name, why in refused.items():
+    for name, why in refused.items():  # the first says enough
         raise click.UsageError(f"{_flag(ctx, name)} cannot be used with --server: {why}; or {local}")
 
 
