@@ -35,8 +35,9 @@ class OpeaMediaGroup(click.Group):
             error = click.ClickException(f"{exc.format_message()} ({hint})")
             error.exit_code = exc.exit_code  # type: ignore[misc]
             raise error from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
+        except KeyboardInterrupt as exc:
+            # A remote run says what became of its job: "Interrupted: job ... cancelled on the service."
+            click.echo(f"Interrupted: {exc}." if str(exc) else "Interrupted.", err=True)
             ctx.exit(EXIT_INTERRUPTED)
 
 

@@ -154,3 +154,35 @@ class Cancelled(OpeaMediaError):
 
 class ClientGone(Cancelled):
     """The client disconnected before its answer was ready."""
+
+
+class ServiceUnreachable(OpeaMediaError):
+    """The CLI (`--server URL`) could not reach the service, or lost it mid-job. Only the CLI
+    raises it; 502 is what a gateway would answer."""
+
+    http_status = 502
+    exit_code = EXIT_MODEL_UNAVAILABLE
+
+
+# What the CLI raises for a service's error answer (or a failed job's error): the type whose
+# status it is, so a remote bad input exits as a local one does. Unlisted statuses: ModelFailure.
+_BY_STATUS: Mapping[int, type[OpeaMediaError]] = MappingProxyType(
+    {
+        400: InvalidInput,
+        401: Unauthorized,
+        404: NotFound,
+        409: Conflict,
+        413: InvalidInput,
+        415: InvalidInput,
+        422: Unprocessable,
+        503: ModelUnavailable,
+        504: DeadlineExceeded,
+    }
+)
+
+
+def error_for_status(status: int, detail: str, *, retry_after: int | None = None) -> OpeaMediaError:
+    """The error a service's answer with `status` stands for; a 503 with Retry-After is ServiceBusy."""
+    if status == 503 and retry_after is not None:
+        return ServiceBusy(detail, retry_after=retry_after)
+    return _BY_STATUS.get(status, ModelFailure)(detail)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,14 +20,19 @@ from ..params import (
     NOISE_AUG_STRENGTH,
     NUM_FRAMES,
     Image2VideoParams,
+    image_seed,
     per_output,
     resolve_seed,
 )
-from .inputs import read_images
+from .inputs import read_image_bytes, read_images
 from .model_options import ModelChoice, model_options
 from .options import EnvCommand, LimitType, generation_options
 from .outputs import numbered_paths
 from .progress import Reporter
+from .remote import RemoteJob, check_flags, image2video_body, run_jobs, server_options
+
+if TYPE_CHECKING:
+    from ..media.video import VideoInfo
 
 TASK: Task = "image2video"
 
@@ -73,6 +78,7 @@ TASK: Task = "image2video"
     help="Noise added to the input image; higher lets the clip stray further from it.",
 )
 @generation_options(IMAGE2VIDEO_DEFAULT_STEPS)
+@server_options(TASK)
 @model_options(TASK)
 def animate(
     images: tuple[str, ...],
@@ -87,6 +93,8 @@ def animate(
     height: int | None,
     width: int | None,
     quiet: bool,
+    server: str | None,
+    api_key: str | None,
     model: str,
     device: str,
     dtype: str,
@@ -96,7 +104,11 @@ def animate(
     """Turn each IMAGE (a file path or an http(s) URL) into a short video clip.
 
     The image is resized to cover the clip size and centre-cropped (576x1024 for SVD by default).
+    With --server URL the clips are made by that opea-media service (its jobs API) and written
+    here as a local run writes them.
     """
+    refused = {"frames_dir": "the service sends the clips, not their frames"} if frames_dir else {}
+    check_flags(click.get_current_context(), TASK, server=server, refused=refused)
     params = Image2VideoParams(
         num_frames=frames,
         fps=fps,
@@ -107,6 +119,11 @@ def animate(
         height=height,
         width=width,
     )
+    if server is not None:
+        run_remote(
+            server=server, api_key=api_key, images=list(images), output=output, params=params, quiet=quiet
+        )
+        return
     run(
         images=list(images),
         output=output,
@@ -144,12 +161,62 @@ def run(
     for k, (image, path, clip_params) in enumerate(
         zip(inputs, paths, per_output(i2v.complete(seeded), len(inputs)), strict=True)
     ):
-        label = f"clip {k + 1}/{len(inputs)}" if len(inputs) > 1 else "animating"
+        label = _label(k, len(inputs))
         with reporter.steps(label, params.num_inference_steps) as on_step:
             clip = i2v.generate(image, clip_params, on_step=on_step)
         info = write_video(clip, path, fps=params.fps)
         if frames_dir is not None:
             write_frames(clip, frames_dir, stem=path.stem)
-        size = f"{info.width}x{info.height}"
-        reporter.info(f"{path} ({info.frames} frames, {size}, {params.fps} fps, seed {clip_params.seed})")
+        reporter.info(_summary(path, info, params.fps, clip_params.seed))
     return paths
+
+
+def run_remote(
+    *,
+    server: str,
+    api_key: str | None,
+    images: list[str],
+    output: Path,
+    params: Image2VideoParams,
+    quiet: bool = False,
+) -> list[Path]:
+    """run() on the service at `server`: one job per input image, each clip in -o's format."""
+    from ..media.files import prepare_output
+    from ..media.video import check_video_path, probe_video
+
+    check_video_path(output)
+    inputs = read_image_bytes(images)  # checked here: a bad image fails before any upload
+    paths = numbered_paths(output, len(inputs))
+    prepare_output(output)
+    seed = resolve_seed(params.seed)
+    jobs = [
+        RemoteJob(
+            label=_label(k, len(inputs)),
+            body=image2video_body(dataclasses.replace(params, seed=image_seed(seed, k)), data),
+            steps=params.num_inference_steps,
+            outputs=1,
+        )
+        for k, data in enumerate(inputs)
+    ]
+    reporter = Reporter(quiet=quiet)
+    formats = [output.suffix.lower().removeprefix(".")]
+    for path, file in run_jobs(
+        TASK,
+        server=server,
+        api_key=api_key,
+        jobs=jobs,
+        formats=formats,
+        paths=paths,
+        reporter=reporter,
+        phases=True,
+    ):
+        reporter.info(_summary(path, probe_video(path), params.fps, file["seed"]))
+    return paths
+
+
+def _label(index: int, count: int) -> str:
+    return f"clip {index + 1}/{count}" if count > 1 else "animating"
+
+
+def _summary(path: Path, info: VideoInfo, fps: int, seed: int | None) -> str:
+    return f"{path} ({info.frames} frames, {info.width}x{info.height}, {fps} fps, seed {seed})"

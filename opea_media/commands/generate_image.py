@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
-from click.core import ParameterSource
 
 from ..config import Task
 from ..errors import InvalidInput
@@ -29,9 +28,10 @@ from ..params import (
 )
 from .inputs import read_images
 from .model_options import ModelChoice, model_options
-from .options import EnvCommand, LimitType, generation_options
+from .options import EnvCommand, LimitType, generation_options, given
 from .outputs import numbered_paths
 from .progress import Reporter
+from .remote import RemoteJob, check_flags, run_jobs, server_options, text2image_body
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -87,6 +87,7 @@ TASK: Task = "text2image"
     help="With --init-image: inpaint; white areas of the mask are repainted, black ones kept.",
 )
 @generation_options(TEXT2IMAGE_DEFAULT_STEPS)
+@server_options(TASK)
 @model_options(TASK)
 def generate_image(
     prompt: str | None,
@@ -104,13 +105,20 @@ def generate_image(
     height: int | None,
     width: int | None,
     quiet: bool,
+    server: str | None,
+    api_key: str | None,
     model: str,
     device: str,
     dtype: str,
     allow_pickle_weights: bool,
     **levers: Any,
 ) -> None:
-    """Generate images from a text PROMPT (or many prompts with --prompts-file)."""
+    """Generate images from a text PROMPT (or many prompts with --prompts-file).
+
+    With --server URL the images are made by that opea-media service (its jobs API) and written
+    here as a local run writes them.
+    """
+    ctx = click.get_current_context()
     prompts = ([prompt] if prompt is not None else []) + (read_prompts(prompts_file) if prompts_file else [])
     if not prompts and prompts_file is not None:
         raise InvalidInput(f"{prompts_file.name} holds no prompt: every line is blank or a # comment")
@@ -120,7 +128,7 @@ def generate_image(
         if mask is not None:
             raise click.UsageError("--mask needs --init-image, the image to inpaint")
         # OPEA_MEDIA_STRENGTH sets the strength of image-to-image runs; a plain run has none.
-        if strength is not None and _given(click.get_current_context(), "strength"):
+        if strength is not None and given(ctx, "strength"):
             raise click.UsageError("--strength needs --init-image, the image to start from")
         strength = None
     elif strength is None:
@@ -137,6 +145,17 @@ def generate_image(
         scheduler=scheduler,
         strength=strength,
     )
+    refused: dict[str, str] = {}
+    if init_image is not None:
+        refused["init_image"] = "the jobs API makes images from text only"
+    if scheduler != TEXT2IMAGE_DEFAULT_SCHEDULER:
+        refused["scheduler"] = (
+            f"the jobs API takes no scheduler; the service uses {TEXT2IMAGE_DEFAULT_SCHEDULER}"
+        )
+    check_flags(ctx, TASK, server=server, refused=refused)
+    if server is not None:
+        run_remote(server=server, api_key=api_key, prompts=prompts, output=output, params=params, quiet=quiet)
+        return
     choice = ModelChoice(model, device, dtype, Tuning(**levers), allow_pickle_weights)
     run(
         prompts=prompts,
@@ -147,11 +166,6 @@ def generate_image(
         mask=mask,
         quiet=quiet,
     )
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    source = ctx.get_parameter_source(name)
-    return source not in (None, ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)
 
 
 def read_prompts(lines: Iterable[str]) -> list[str]:
@@ -174,12 +188,11 @@ def run(
     With `init_image` (a file or URL) every prompt edits that image: image-to-image, or inpainting
     under `mask` (white: repaint); `params.strength` None there means the default strength.
     """
-    from ..media.files import prepare_output, write_atomic
+    from ..media.files import write_atomic
     from ..media.images import encode_png
     from ..metadata import text2image_metadata
 
-    if output.suffix.lower() != ".png":
-        raise InvalidInput(f"the output must be a .png file, got {str(output)!r}")
+    _check_png(output)
     if mask is not None and init_image is None:
         raise InvalidInput("a mask needs an init image to inpaint")
     image: Image.Image | None = None
@@ -192,15 +205,7 @@ def run(
             params = dataclasses.replace(params, strength=TEXT2IMAGE_DEFAULT_STRENGTH)
     elif params.strength is not None:
         raise InvalidInput("a strength needs an init image to start from")
-    base_seed = resolve_seed(params.seed)
-    num_images = params.num_images_per_prompt
-    # Consecutive seeds, one per image: any single image can be made again on its own.
-    requests = [
-        dataclasses.replace(params, prompt=text, seed=image_seed(base_seed, i * num_images))
-        for i, text in enumerate(prompts)
-    ]
-    paths = numbered_paths(output, len(prompts) * num_images)
-    prepare_output(output)
+    requests, paths = _plan(prompts, output, params)
 
     reporter = Reporter(quiet=quiet)
     with reporter.status(f"Loading {model.ref}..."):
@@ -208,7 +213,7 @@ def run(
     written: list[Path] = []
     for i, request in enumerate(requests):
         request = t2i.complete(request)
-        label = f"prompt {i + 1}/{len(requests)}" if len(requests) > 1 else "generating"
+        label = _label(i, len(requests))
         if image is None:
             with reporter.steps(label, params.num_inference_steps) as on_step:
                 images = t2i.generate([request], on_step=on_step)[0]
@@ -221,3 +226,63 @@ def run(
             written.append(path)
             reporter.info(f"{path} (seed {image_params.seed})")
     return written
+
+
+def run_remote(
+    *,
+    server: str,
+    api_key: str | None,
+    prompts: list[str],
+    output: Path,
+    params: Text2ImageParams,
+    quiet: bool = False,
+) -> list[Path]:
+    """run() on the service at `server`: one job per prompt, its PNGs written as they came."""
+    _check_png(output)
+    requests, paths = _plan(prompts, output, params)
+    jobs = [
+        RemoteJob(
+            label=_label(i, len(requests)),
+            body=text2image_body(request),
+            steps=request.num_inference_steps,
+            outputs=request.num_images_per_prompt,
+        )
+        for i, request in enumerate(requests)
+    ]
+    reporter = Reporter(quiet=quiet)
+    written: list[Path] = []
+    for path, file in run_jobs(
+        TASK, server=server, api_key=api_key, jobs=jobs, formats=["png"], paths=paths, reporter=reporter
+    ):
+        written.append(path)
+        reporter.info(f"{path} (seed {file['seed']})")
+    return written
+
+
+def _plan(
+    prompts: list[str], output: Path, params: Text2ImageParams
+) -> tuple[list[Text2ImageParams], list[Path]]:
+    """Each prompt's params and every image's path, the output folder proven writable.
+
+    Consecutive seeds, one per image: any single image can be made again on its own.
+    """
+    from ..media.files import prepare_output
+
+    base_seed = resolve_seed(params.seed)
+    num_images = params.num_images_per_prompt
+    requests = [
+        dataclasses.replace(params, prompt=text, seed=image_seed(base_seed, i * num_images))
+        for i, text in enumerate(prompts)
+    ]
+    paths = numbered_paths(output, len(prompts) * num_images)
+    prepare_output(output)
+    return requests, paths
+
+
+def _check_png(output: Path) -> None:
+    if output.suffix.lower() != ".png":
+        raise InvalidInput(f"the output must be a .png file, got {str(output)!r}")
+
+
+def _label(index: int, count: int) -> str:
+    return f"prompt {index + 1}/{count}" if count > 1 else "generating"

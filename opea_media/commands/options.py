@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ..config import envvar
 from ..errors import InvalidInput
@@ -29,6 +30,12 @@ class EnvCommand(click.Command):
             if isinstance(param, click.Option) and param.name:
                 param.envvar = param.envvar or envvar(param.name)
                 param.show_envvar = True
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the person typed this option (or argument): not its default, nor an OPEA_MEDIA_* variable."""
+    source = ctx.get_parameter_source(name)
+    return source not in (None, ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)
 
 
 class LimitType(click.ParamType):

@@ -61,3 +61,7 @@ class StepReporter:
 
     def __call__(self, step: int, total: int) -> None:
         self._progress.update(self._task, completed=step, total=total)  # type: ignore[arg-type]
+
+    def describe(self, description: str) -> None:
+        """What the bar says beside it (a remote job: queued, or its phase)."""
+        self._progress.update(self._task, description=description)  # type: ignore[arg-type]
