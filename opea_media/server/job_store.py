@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import FINAL_JOB_STATES, JOB_STATES
 from ..errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = JOB_STATES
+FINAL_STATES = FINAL_JOB_STATES
 
 TABLE = "opea_media_jobs"
 _COLUMNS = (

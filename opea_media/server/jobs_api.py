@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from ..config import JOBS_PATH
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
 from ..media.fetch import UrlPolicy
 from ..media.images import encode_png
@@ -30,7 +31,6 @@ from .running import before_deadline, encoded_response
 from .validation import read_json_body
 from .wire import Image2VideoRequest, Text2ImageRequest
 
-JOBS_PATH = "/v1/jobs"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
 DEFAULT_PAGE, MAX_PAGE = 20, 100
 # An event stream with nothing to say sends a comment this often: proxies keep it open, and a

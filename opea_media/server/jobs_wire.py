@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..config import Task
+from ..config import JOB_STATES, Task
 from .job_store import JobRecord
 from .wire import ErrorBody
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 
 
 class JobProgress(BaseModel):

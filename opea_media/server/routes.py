@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
-from ..config import TASKS, Task
+from ..config import JOBS_PATH, TASKS, Task
 from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
@@ -148,7 +148,7 @@ def _job_submits() -> tuple[Route, ...]:
     return tuple(
         Route(
             "POST",
-            jobs_api.JOBS_PATH,
+            JOBS_PATH,
             jobs_api.submit,
             "submit_job",
             "Submit a job: the synchronous endpoint's body; answers 202 at once, then poll, follow or cancel it",
@@ -179,7 +179,7 @@ ROUTES: tuple[Route, ...] = (
     *_job_submits(),
     Route(
         "GET",
-        jobs_api.JOBS_PATH,
+        JOBS_PATH,
         jobs_api.list_jobs,
         "list_jobs",
         "The jobs, newest first, a page at a time",
