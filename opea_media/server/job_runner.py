@@ -35,7 +35,7 @@ from ..metadata import text2image_metadata
 from ..params import per_output
 from .job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, SqlJobStore, open_store
 from .jobs import JOB_CANCELLED, LEASE_LOST, Job, VideoRequest
-from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, OUTPUTS, WORKER
+from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, METRICS, OUTPUTS, WORKER
 from .running import rounded
 from .wire import Image2VideoRequest, Text2ImageRequest
 
@@ -161,6 +161,7 @@ class JobRunner:
         lease = self.app[CONFIG].job_lease
         while True:
             self.queued = await self.call(self.store.queued_count, self.task)
+            self.app[METRICS].stored_jobs_queued.set(self.queued)
             if self._idle() and not self.app[ADMISSION].draining and self.queued:
                 record = await self.call(self.store.claim, self.task, self.owner, lease)
                 if record is not None:
@@ -216,6 +217,7 @@ class JobRunner:
             )
             return
         await self.call(self.remove_inputs, ended.request.get("inputs", ()))
+        self.app[METRICS].stored_jobs_finished.labels(state).inc()
         log.info("job %s", state, extra={"job_id": record.id, "state": state})
 
     def _stepped(self, record: JobRecord, step: int, total: int) -> None:

@@ -140,6 +140,17 @@ class Metrics:
         self.batch_size = Histogram(
             "opea_media_batch_size", "Jobs merged into one pipeline call.", buckets=_BATCH_BUCKETS, registry=r
         )
+        self.stored_jobs_queued = Gauge(
+            "opea_media_stored_jobs_queued",
+            "Jobs of the jobs API waiting in the store (with PostgreSQL: all replicas').",
+            registry=r,
+        )
+        self.stored_jobs_finished = Counter(
+            "opea_media_stored_jobs_finished",
+            "Jobs of the jobs API that this process ended, by final state.",
+            ["state"],
+            registry=r,
+        )
         self.jobs_cancelled = Counter(
             "opea_media_jobs_cancelled",
             "Admitted jobs that ended without a result, by reason.",
