@@ -100,6 +100,13 @@ class ShuttingDown(ServiceBusy):
         super().__init__(detail, retry_after=retry_after)
 
 
+class StoreUnavailable(ServiceBusy):
+    """The jobs database (PostgreSQL) cannot be reached; its message names host:port, never a password."""
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
 class ModelFailure(OpeaMediaError):
     """Inference itself failed (including running out of memory)."""
 
