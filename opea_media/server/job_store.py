@@ -173,6 +173,9 @@ class SqlJobStore:
     # another replica from writing between the read and the write (a cancel lost under a step).
     # SQLite needs none: BEGIN IMMEDIATE already runs one writing transaction at a time.
     _row_lock = ""
+    # The same, skipping rows another transaction holds: for sweeps over other replicas' jobs
+    # (recover), which look again at their next round rather than wait behind a stalled replica.
+    _row_lock_skip = ""
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
@@ -211,10 +214,11 @@ class SqlJobStore:
     # --- queries --------------------------------------------------------------------------------
 
     def _select(
-        self, cursor: Any, where: str, params: Sequence[Any], *, lock: bool = False
+        self, cursor: Any, where: str, params: Sequence[Any], *, lock: bool = False, skip_locked: bool = False
     ) -> list[JobRecord]:
-        """`lock`: the rows are written back in this transaction (see `_row_lock`)."""
-        locking = self._row_lock if lock else ""
+        """`lock`: the rows are written back in this transaction (see `_row_lock`); `skip_locked`:
+        and rows other transactions hold are left out."""
+        locking = self._row_lock_skip if skip_locked else self._row_lock if lock else ""
         cursor.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where}{locking}", params)
         return [JobRecord.from_row(row) for row in cursor.fetchall()]
 
@@ -401,11 +405,11 @@ class SqlJobStore:
         """Running jobs whose lease ran out before `expired_before` (their replica died): queued
         again from the start, or failed with the reason (`rerun` False, or `max_attempts` reached)."""
         with self._transaction() as cursor:
-            lost = self._select(  # in id order: two replicas recovering at once lock rows alike
+            lost = self._select(
                 cursor,
-                "task = ? AND state = ? AND lease_until < ? ORDER BY id",
+                "task = ? AND state = ? AND lease_until < ?",
                 (task, RUNNING, expired_before),
-                lock=True,
+                skip_locked=True,  # a job being changed now (by a replica thought dead) waits a round
             )
             changed = []
             for record in lost:

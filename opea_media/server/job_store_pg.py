@@ -4,7 +4,7 @@ The SQL is SqlJobStore's (job_store.py); this module adds what only PostgreSQL d
 - the next job is taken with `FOR UPDATE SKIP LOCKED`: two replicas claiming at once take two
   different jobs, and neither waits for the other;
 - a row read to be written back is read `FOR UPDATE` (`_row_lock`), so a cancel is never lost
-  under a concurrent step of the replica running the job;
+  under a concurrent step of the replica running the job; recovery skips rows being changed;
 - every change is sent with `pg_notify` in the transaction that made it, and a listener thread on
   its own connection delivers the other replicas' changes to this process's listeners. A record
   too large for a notification (8000 bytes) is sent as its id, and the listener reads the row;
@@ -36,6 +36,12 @@ CHANNEL = TABLE  # the LISTEN/NOTIFY channel
 NOTIFY_LIMIT = 8000  # bytes: PostgreSQL refuses a longer payload
 CONNECT_TIMEOUT = 5  # seconds, unless the URL sets connect_timeout
 SCHEMA_LOCK = 0x6F70_656D_6564_6961  # pg_advisory_xact_lock key: replicas create the table one at a time
+# A replica frozen mid-transaction (SIGSTOP, a paused VM) would hold its job's row for as long as
+# it stays frozen: the server ends a session idle in a transaction this long (ours last
+# milliseconds), and a transaction waits at most LOCK_TIMEOUT_MS for a row (then StoreUnavailable,
+# a 503 to retry) rather than stall its whole process, whose one connection it holds.
+IDLE_IN_TRANSACTION_MS = 5_000
+LOCK_TIMEOUT_MS = 2_000
 LISTEN_POLL = 0.5  # seconds: how soon the listener notices close()
 RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)  # the listener's backoff; the last repeats
 
@@ -45,6 +51,7 @@ class PostgresJobStore(SqlJobStore):
 
     shared = True
     _row_lock = " FOR UPDATE"
+    _row_lock_skip = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         super().__init__()
@@ -114,7 +121,7 @@ class PostgresJobStore(SqlJobStore):
                 self._pending.clear()
                 with contextlib.suppress(psycopg.Error):
                     self._connection.rollback()
-                if isinstance(exc, psycopg.OperationalError):
+                if self._unavailable(exc):
                     raise StoreUnavailable(
                         f"the jobs database at {self.where} failed: {self._reason(exc)}"
                     ) from exc
@@ -122,6 +129,13 @@ class PostgresJobStore(SqlJobStore):
             pending, self._pending = self._pending, []
         for record in pending:  # after the commit, outside the lock: listeners may read the store
             self._deliver(record)
+
+    def _unavailable(self, exc: BaseException) -> bool:
+        """The server or the connection failed (not our SQL): a lock timeout, a restart, a session
+        the server ended (idle in a transaction: an InternalError, the connection then broken)."""
+        return isinstance(exc, psycopg.OperationalError) or (
+            isinstance(exc, psycopg.Error) and self._connection.broken
+        )
 
     def _next_queued_sql(self) -> str:
         # The oldest queued job that no other transaction holds: concurrent claims take different jobs.
@@ -209,7 +223,7 @@ class _Cursor:
         query = sql.replace("%", "%%").replace("?", "%s")
         try:
             self._cursor.execute(query, tuple(params))
-        except psycopg.OperationalError:
+        except psycopg.Error:
             if not (self._fresh and self._store._connection.broken):
                 raise
             self._cursor = self._store._reconnect().cursor()
@@ -235,6 +249,10 @@ def _connection_params(url: str) -> dict[str, Any]:
         raise InvalidInput(f"--jobs-store: not a usable postgresql:// URL ({reason})") from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", "opea-media")
+    guards = (
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS} -c lock_timeout={LOCK_TIMEOUT_MS}"
+    )
+    params["options"] = f"{guards} {params.get('options', '')}".strip()  # the URL's own settings win
     return params
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from opea_media.errors import StoreUnavailable
 from opea_media.server.job_store import _COLUMNS, QUEUED, RUNNING, SUCCEEDED, TABLE, JobRecord, new_job_id
-from opea_media.server.job_store_pg import NOTIFY_LIMIT, PostgresJobStore
+from opea_media.server.job_store_pg import IDLE_IN_TRANSACTION_MS, NOTIFY_LIMIT, PostgresJobStore
 
 from .live_service import command, free_port
 from .postgres_env import Cluster, start_cluster, stop_cluster
@@ -114,6 +114,28 @@ def test_a_claim_skips_a_job_another_transaction_holds_instead_of_waiting(stores
         assert not thread.is_alive(), "the claim waited for the locked job (no SKIP LOCKED)"
     assert out[0].id == newer.id and out[0].state == RUNNING
     assert holder.get(oldest.id).state == QUEUED  # type: ignore[union-attr]
+
+
+def test_a_replica_stalled_mid_transaction_stalls_no_other(stores: Any) -> None:
+    """A frozen replica holding its job's row: recovery skips the row instead of waiting, a cancel
+    gives up after the lock timeout (a 503 to retry), and the server ends the frozen session."""
+    stalled, other = stores(), stores()
+    job = submit(stalled)
+    stalled.claim(T2I, "stalled", 0.01)
+    time.sleep(0.05)  # its lease ran out too
+    with pytest.raises(StoreUnavailable), stalled._transaction() as cursor:
+        cursor.execute(f"SELECT id FROM {TABLE} WHERE id = ? FOR UPDATE", (job.id,))
+        started = time.monotonic()
+        assert other.recover(T2I, expired_before=time.time(), rerun=True, max_attempts=3) == []
+        assert time.monotonic() - started < 1
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            other.cancel(job.id)
+        assert 1.5 < time.monotonic() - started < 5
+        time.sleep(IDLE_IN_TRANSACTION_MS / 1000 + 1)  # still frozen: the server ends the session
+        cursor.execute("SELECT 1")
+    recovered = other.recover(T2I, expired_before=time.time(), rerun=True, max_attempts=3)
+    assert [r.id for r in recovered] == [job.id]
+    assert stalled.get(job.id).state == QUEUED  # type: ignore[union-attr]  (reconnected)
 
 
 def test_only_the_owner_records_steps_and_ends_its_job(stores: Any) -> None:
