@@ -93,11 +93,7 @@ class PostgresJobStore(SqlJobStore):
         return connection
 
     def _reason(self, exc: BaseException) -> str:
-        """libpq's first line, without the URL's password should a message ever echo it."""
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        text = lines[0].split("failed: ")[-1].strip()
-        password = self._params.get("password")
-        return text.replace(password, "***") if password else text
+        return _reason(exc, self._params.get("password"))
 
     def _reconnect(self) -> psycopg.Connection[Any]:
         with contextlib.suppress(psycopg.Error):
@@ -240,13 +236,10 @@ class _Cursor:
 def _connection_params(url: str) -> dict[str, Any]:
     try:
         params: dict[str, Any] = conninfo_to_dict(url)
-    except psycopg.Error as exc:
-        # libpq's reason names the option at fault; the URL itself (a password) is not repeated.
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        password = _password_in(url)
-        if password:
-            reason = reason.replace(password, "***")
-        raise InvalidInput(f"--jobs-store: not a usable postgresql:// URL ({reason})") from None
+    except psycopg.Error as exc:  # libpq's reason names the option at fault
+        raise InvalidInput(
+            f"--jobs-store: not a usable postgresql:// URL ({_reason(exc, _password_in(url))})"
+        ) from None
     params.setdefault("connect_timeout", CONNECT_TIMEOUT)
     params.setdefault("application_name", "opea-media")
     guards = (
@@ -254,6 +247,14 @@ def _connection_params(url: str) -> dict[str, Any]:
     )
     params["options"] = f"{guards} {params.get('options', '')}".strip()  # the URL's own settings win
     return params
+
+
+def _reason(exc: BaseException, password: str | None) -> str:
+    """libpq's first line (after "connection to server ... failed: "), without the password should
+    a message ever echo it."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    text = lines[0].split("failed: ")[-1].strip()
+    return text.replace(password, "***") if password else text
 
 
 def _password_in(url: str) -> str | None:
