@@ -495,11 +495,15 @@ def test_replicas_on_postgres_share_a_data_folder(rendered: dict[str, list[dict[
         assert config_of(objects, deployment)["OPEA_MEDIA_DATA_DIR"] == f"/data/jobs/{name}"
         store = env_of(deployment)["OPEA_MEDIA_JOBS_STORE"]["valueFrom"]["secretKeyRef"]
         assert store == {"name": "opea-jobs-db", "key": "url"}
-    # Without the claim: no such volume, and the data folder stays the default one.
-    for deployment in of_kind(rendered["cpu-defaults"], "Deployment").values():
-        assert all(v["name"] != "jobs-data" for v in deployment["spec"]["template"]["spec"]["volumes"])
-        assert "OPEA_MEDIA_DATA_DIR" not in config_of(rendered["cpu-defaults"], deployment)
-        assert "OPEA_MEDIA_JOBS_STORE" not in env_of(deployment)
+    # Without the claim (SQLite): each pod its own data folder, never the shared model volume,
+    # where a second pod's service would find the first one's jobs locked.
+    for values in ("cpu-defaults", "hostpath-per-service"):
+        for name, deployment in by_component(rendered[values], "Deployment").items():
+            volumes = deployment["spec"]["template"]["spec"]["volumes"]
+            assert {"name": "jobs-data", "emptyDir": {}} in volumes
+            assert {"name": "jobs-data", "mountPath": "/data/jobs"} in container(deployment)["volumeMounts"]
+            assert config_of(rendered[values], deployment)["OPEA_MEDIA_DATA_DIR"] == f"/data/jobs/{name}"
+            assert "OPEA_MEDIA_JOBS_STORE" not in env_of(deployment)
 
 
 def test_per_service_values_override_the_shared_ones(rendered: dict[str, list[dict[str, Any]]]) -> None:
