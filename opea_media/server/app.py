@@ -19,8 +19,20 @@ from aiohttp.typedefs import Middleware
 from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
+from .bodies import BodyBudget, body_budget_middleware
 from .config import ServerConfig
-from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, OUTPUTS, ROUTE_OF, STARTED_AT, WORKER
+from .keys import (
+    ADMISSION,
+    BODY_BUDGET,
+    CONFIG,
+    IO_POOL,
+    METRICS,
+    OPENAPI,
+    OUTPUTS,
+    ROUTE_OF,
+    STARTED_AT,
+    WORKER,
+)
 from .metrics import Metrics
 from .middleware import access_middleware, api_key_middleware, cors_headers, cors_middleware, error_middleware
 from .openapi import openapi_document
@@ -63,6 +75,7 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     middlewares.append(error_middleware)
     if config.api_key:
         middlewares.append(api_key_middleware(config.api_key))  # inside the error middleware: JSON 401
+    middlewares.append(body_budget_middleware)  # after the key: a refused client reserves nothing
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     if config.cors_origins:
         app.on_response_prepare.append(cors_headers(config.cors_origins))
@@ -74,6 +87,7 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     app[METRICS] = metrics
     app[WORKER] = worker
     app[ADMISSION] = Admission(metrics)
+    app[BODY_BUDGET] = BodyBudget(config.body_budget_bytes, on_change=metrics.body_bytes_held.set)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app[ROUTE_OF] = {
