@@ -19,6 +19,7 @@ from aiohttp.typedefs import Middleware
 from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
+from .allocator import Trimmer
 from .bodies import BodyBudget, body_budget_middleware
 from .config import ServerConfig
 from .keys import (
@@ -87,8 +88,11 @@ def create_app(config: ServerConfig, *, model_handle: ModelHandle[Any] | None = 
     app[METRICS] = metrics
     app[WORKER] = worker
     app[ADMISSION] = Admission(metrics)
-    app[BODY_BUDGET] = BodyBudget(config.body_budget_bytes, on_change=metrics.body_bytes_held.set)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
+    trimmer = Trimmer(app[IO_POOL])
+    app[BODY_BUDGET] = BodyBudget(
+        config.body_budget_bytes, on_held=metrics.body_bytes_held.set, on_released=trimmer.released
+    )
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app[ROUTE_OF] = {
         app.router.add_route(route.method, route.path, route.handler): route

@@ -31,10 +31,18 @@ BUDGET_RETRY_AFTER = 1
 class BodyBudget:
     """Bytes reserved by the bodies being received now, under one limit; on the event loop only."""
 
-    def __init__(self, limit: int, *, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        *,
+        on_held: Callable[[int], None] = lambda held: None,
+        on_released: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        """`on_held(bytes held now)` after each change, `on_released(bytes)` after each release."""
         self.limit = limit
         self.held = 0
-        self._on_change = on_change or (lambda held: None)
+        self._on_held = on_held
+        self._on_released = on_released
 
     def reserve(self, size: int) -> Reservation:
         if self.held + size > self.limit:
@@ -44,12 +52,13 @@ class BodyBudget:
                 retry_after=BUDGET_RETRY_AFTER,
             )
         self.held += size
-        self._on_change(self.held)
+        self._on_held(self.held)
         return Reservation(self, size)
 
     def _release(self, size: int) -> None:
         self.held -= size
-        self._on_change(self.held)
+        self._on_held(self.held)
+        self._on_released(size)
 
 
 class Reservation:
