@@ -66,6 +66,7 @@ def server_client(aiohttp_client):  # type: ignore[no-untyped-def]
         async def _make_runner(self, **kwargs):  # type: ignore[no-untyped-def]
             kwargs["handler_cancellation"] = False  # what serving() leaves it at
             kwargs["keepalive_timeout"] = self.app[CONFIG].keepalive_timeout
+            kwargs["lingering_time"] = self.app[CONFIG].body_timeout
             return web.AppRunner(self.app, **kwargs)
 
     async def make(handle=None, *, wait_ready: bool = True, **options):  # type: ignore[no-untyped-def]

@@ -100,6 +100,9 @@ async def serving(
         handle_signals=handle_signals,
         access_log=None,  # the access middleware writes JSON access lines with request ids
         keepalive_timeout=config.keepalive_timeout,
+        # After an early answer (503, 413) the rest of the body is read and dropped, so that the
+        # client, still sending, gets to read that answer: for as long as a body may take.
+        lingering_time=config.body_timeout,
         shutdown_timeout=CLOSE_TIMEOUT,
     )
     await runner.setup()
