@@ -19,6 +19,8 @@ import contextlib
 import http.client
 import io
 import json
+import multiprocessing
+import sys
 import threading
 import time
 from collections import Counter
@@ -32,7 +34,9 @@ MIB = 1024 * 1024
 HEALTH_INTERVAL = 0.02
 RSS_INTERVAL = 0.05
 SETTLE_SECONDS = 30.0
+REST_SECONDS = 5.0
 CLIENT_TIMEOUT = 600.0
+UPLOAD_PIECE = 256 * 1024
 
 
 def rss_mib(pid: int) -> float:
@@ -93,10 +97,13 @@ async def upload(port: int, body: bytes) -> int | str:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(head("/v1/image2video", port, len(body)))
-        writer.write(body)
         # Answered (and closed) before the whole body went: the answer may still be there.
         with contextlib.suppress(ConnectionError):
-            await writer.drain()
+            # In pieces: one 32 MiB write makes asyncio shift its buffer after every send, which
+            # costs this process (and the machine the service shares) seconds of CPU.
+            for at in range(0, len(body), UPLOAD_PIECE):
+                writer.write(body[at : at + UPLOAD_PIECE])
+                await writer.drain()
         status = await asyncio.wait_for(read_status(reader), CLIENT_TIMEOUT)
         return status or "dropped"
     except ConnectionError:
@@ -105,31 +112,26 @@ async def upload(port: int, body: bytes) -> int | str:
         writer.close()
 
 
-class Prober(threading.Thread):
-    """GET /health on its own keep-alive connection every HEALTH_INTERVAL, in its own thread."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(daemon=True)
-        self.port = port
-        self.sample = Sample("health", unit="ms")
-        self.errors = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        while not self.stopping.is_set():
-            started = time.perf_counter()
-            try:
-                connection.request("GET", "/health")
-                response = connection.getresponse()
-                response.read()
-                self.sample.values.append((time.perf_counter() - started) * 1000)
-            except (OSError, http.client.HTTPException):
-                self.errors += 1
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            time.sleep(HEALTH_INTERVAL)
-        connection.close()
+def probe_health(port: int, stop: Any, results: Any) -> None:
+    """GET /health on one keep-alive connection every HEALTH_INTERVAL until `stop` is set; sends
+    ([(time.time() sent, latency in ms)], errors). A process of its own: the uploads' CPU must not
+    delay it."""
+    latencies: list[tuple[float, float]] = []
+    errors = 0
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    while not stop.is_set():
+        sent, started = time.time(), time.perf_counter()
+        try:
+            connection.request("GET", "/health")
+            connection.getresponse().read()
+            latencies.append((sent, (time.perf_counter() - started) * 1000))
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        time.sleep(HEALTH_INTERVAL)
+    connection.close()
+    results.put((latencies, errors))
 
 
 class RssSampler(threading.Thread):
@@ -149,33 +151,40 @@ def flood(server: ServeProcess, clients: int, body_bytes: int) -> dict[str, Any]
     body = flood_body(body_bytes)
     pid = server.process.pid
     before = rss_mib(pid)
-    prober, sampler = Prober(server.port), RssSampler(pid)
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    prober = context.Process(target=probe_health, args=(server.port, stop, results))
+    sampler = RssSampler(pid)
     prober.start()
     sampler.start()
-    time.sleep(1.0)  # /health at rest first
+    time.sleep(REST_SECONDS)  # /health at rest first: the machine's own noise, for comparison
 
     async def all_uploads() -> list[int | str]:
         return list(await asyncio.gather(*(upload(server.port, body) for _ in range(clients))))
 
-    started = time.perf_counter()
+    flood_began, started = time.time(), time.perf_counter()
     statuses = asyncio.run(all_uploads())
     seconds = time.perf_counter() - started
-    prober.stopping.set()
+    stop.set()
+    health, health_errors = results.get(timeout=60)
     prober.join()
     time.sleep(SETTLE_SECONDS)
     sampler.stopping.set()
     sampler.join()
+    rest = Sample("rest", [ms for sent, ms in health if sent < flood_began], unit="ms")
+    latency = Sample("health", [ms for sent, ms in health if sent >= flood_began], unit="ms")
     return {
         "clients": clients,
         "body_mib": round(len(body) / MIB, 2),
         "statuses": dict(sorted(Counter(map(str, statuses)).items())),
         "seconds": round(seconds, 1),
+        "health_at_rest_ms": {"p50": round(rest.quantile(0.5), 1), "p99": round(rest.quantile(0.99), 1)},
         "health_ms": {
-            "n": len(prober.sample.values),
-            "p50": round(prober.sample.quantile(0.5), 1),
-            "p99": round(prober.sample.quantile(0.99), 1),
-            "max": round(max(prober.sample.values, default=float("nan")), 1),
-            "errors": prober.errors,
+            "n": len(latency.values),
+            "p50": round(latency.quantile(0.5), 1),
+            "p99": round(latency.quantile(0.99), 1),
+            "max": round(max(latency.values, default=float("nan")), 1),
+            "errors": health_errors,
         },
         "rss_mib": {
             "before": round(before, 0),
@@ -236,6 +245,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for the service")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG", help="more serve flags")
     p.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
+    p.add_argument("--source", type=Path, default=None, help="serve this checkout's opea_media instead")
     return p.parse_args(argv)
 
 
@@ -244,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(item.split("=", 1) for item in args.env)
     serve_args = ["--max-body-mib", str(args.max_body_mib), *args.serve_arg]
     results: dict[str, Any] = {"env": env, "serve_args": serve_args}
-    with ServeProcess("image2video", "tiny", *serve_args, env=env) as server:
+    # Another checkout (e.g. `git archive main`), to measure before and after with one client.
+    launcher = None
+    if args.source:
+        start = (
+            f"import sys; sys.path.insert(0, {str(args.source)!r}); from opea_media.cli import main; main()"
+        )
+        launcher = [sys.executable, "-c", start]
+    with ServeProcess("image2video", "tiny", *serve_args, env=env, launcher=launcher) as server:
         server.wait_ready(timeout=300)
         if "flood" in args.only:
             # The limit less a little: "at the limit", whichever side of it the service counts.
