@@ -84,7 +84,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers; "*": any origin
 
     def __post_init__(self) -> None:
-        self._check_connection_limits()
+        self._check_body_and_connection_limits()
         if self.service not in TASKS:
             raise InvalidInput(f"unknown service {self.service!r}; choose one of {', '.join(TASKS)}")
         if self.device not in DEVICES:
@@ -118,7 +118,7 @@ class ServerConfig:
                     f"a CORS origin is '*' or scheme://host[:port] without a path, got {origin!r}"
                 )
 
-    def _check_connection_limits(self) -> None:
+    def _check_body_and_connection_limits(self) -> None:
         for name in ("body_timeout", "keepalive_timeout"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
