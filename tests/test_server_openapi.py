@@ -189,7 +189,7 @@ def test_text_and_image_limits() -> None:
 def test_every_error_response_has_the_error_body_and_503_has_retry_after(service: str) -> None:
     document = _document(service, api_key="k")
     operation = document["paths"][f"/v1/{service}"]["post"]["responses"]
-    assert set(operation) == {"200", "400", "401", "413", "415", "500", "503", "504"}
+    assert set(operation) == {"200", "400", "401", "408", "413", "415", "500", "503", "504"}
     for status, response in operation.items():
         if status == "200":
             continue

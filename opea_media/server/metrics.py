@@ -157,6 +157,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.body_bytes_held = Gauge(
+            "opea_media_request_body_bytes_held",
+            "Bytes of the body budget reserved by the request bodies being received now.",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "opea_media_connections_refused",
+            "Connections answered 503 and closed at once: as many were open as --max-connections allows.",
+            registry=r,
+        )
         # Resident memory, CPU time, open files: the standard process_* series, Linux only.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)

@@ -37,6 +37,8 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
         401: "An API key is configured and 'Authorization: Bearer <key>' (or Basic authentication "
         "with the key as the password) is missing or wrong.",
         404: "What the path names does not exist (an unknown model id; an output file that expired).",
+        408: f"The body did not arrive within the {config.body_timeout:g} s body timeout; the "
+        "connection is closed.",
         409: "POST /sdapi/v1/interrupt stopped this request's job before it finished; or the job "
         "to cancel already ended.",
         413: f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes).",
@@ -44,7 +46,8 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
         422: "The Idempotency-Key was used before with another body.",
         500: "Inference failed: out of memory, or a library error (the log has it under X-Request-ID).",
         503: "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
-        "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
+        "help), the queue is full (Retry-After), the request bodies being received hold the body "
+        "budget (Retry-After) or the service is shutting down (Retry-After).",
         504: f"The request took longer than the {config.request_timeout:g} s request timeout, counted "
         "from arrival (body, image downloads, queue and inference).",
     }

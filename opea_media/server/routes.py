@@ -109,7 +109,9 @@ _READINESS = {
     200: Answer("The model serves.", Healthy),
     503: Answer("Not serving: loading, failed to load, or draining.", Unhealthy, retry_after=True),
 }
-GENERATE_ERRORS = (400, 413, 415, 500, 503, 504)
+# Every route that reads a body may answer these (408: too slow; 503: the body budget is full).
+BODY_ERRORS = (400, 408, 413, 415, 503)
+GENERATE_ERRORS = (*BODY_ERRORS, 500, 504)
 SDAPI = "/sdapi/v1/"
 EVENTS = (PartialImageEvent, CompletedEvent, StreamError)
 
@@ -129,7 +131,7 @@ def _sdapi(
             request=request,
             errors=(*GENERATE_ERRORS, 409)
             if name in ("txt2img", "img2img")
-            else (400, 413, 415)
+            else BODY_ERRORS
             if request
             else (),
             services=("text2image",),
@@ -154,7 +156,7 @@ def _job_submits() -> tuple[Route, ...]:
             "Submit a job: the synchronous endpoint's body; answers 202 at once, then poll, follow or cancel it",
             {202: Answer("The job, queued (or, for a replayed Idempotency-Key, as it is now).", JobView)},
             request=request,
-            errors=(400, 413, 415, 422, 503, 504),
+            errors=(*BODY_ERRORS, 422, 504),
             services=(service,),
             parameters=(
                 Parameter(
