@@ -61,12 +61,6 @@ async def test_static_files_have_their_types_and_nothing_else_is_served(
         assert (await response.json())["status_code"] == 404
 
 
-def test_the_policy_admits_the_public_urls_origin_for_the_output_files() -> None:
-    policy = ui.content_security_policy("https://images.example.com/t2i")
-    assert "img-src 'self' https://images.example.com blob:" in policy
-    assert "connect-src 'self' https://images.example.com;" in policy
-
-
 @pytest.mark.parametrize("service", ["text2image", "image2video"])
 def test_the_routes_are_in_the_table_without_the_key(service: str) -> None:
     routes = {route.path: route for route in routes_for(service)}  # type: ignore[arg-type]

@@ -68,10 +68,10 @@ def protected_path(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A query or header parameter, for the OpenAPI document."""
+    """A query, header or path parameter, for the OpenAPI document."""
 
     name: str
-    location: str  # "query" | "header" | "path" (a path parameter's schema; else a plain string)
+    location: str  # "query" | "header" | "path" (a path parameter without one: any string)
     description: str
     schema: Mapping[str, object]
 

@@ -3,15 +3,14 @@ sheet and icon): plain files shipped in the package (server/static/), read once,
 
 The page talks to this service only, through its public API (the jobs API, /health, /openapi.json
 for the limits); it asks for the API key when a call answers 401. The page and its files need no key
-themselves, and their Content-Security-Policy allows scripts, styles and connections to this origin
-only (plus --public-url's, where the output files' URLs point).
+themselves, and their Content-Security-Policy allows scripts, styles, media and connections from
+this origin only.
 """
 
 from __future__ import annotations
 
 import functools
 from importlib import resources
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -40,25 +39,21 @@ def static_names() -> list[str]:
     return sorted(name for name in _files() if _suffix(name) in STATIC_TYPES)
 
 
-def content_security_policy(public_url: str | None) -> str:
-    """Only this origin (and the output files' origin under --public-url); no inline script or style."""
-    own = "'self'"
-    if public_url:
-        parts = urlsplit(public_url)
-        own += f" {parts.scheme}://{parts.netloc}"
-    return "; ".join(
-        (
-            "default-src 'none'",
-            "script-src 'self'",
-            "style-src 'self'",
-            f"img-src {own} blob:",
-            f"media-src {own} blob:",
-            f"connect-src {own}",
-            "form-action 'none'",
-            "frame-ancestors 'none'",
-            "base-uri 'none'",
-        )
+# Only this origin, no inline script or style. The page loads the output files by their path on
+# its own origin (their URLs may name --public-url's host), so no other origin is needed.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' blob:",  # blob: the chosen image's preview
+        "media-src 'self'",
+        "connect-src 'self'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
     )
+)
 
 
 def _response(request: web.Request, name: str, content_type: str | None) -> web.Response:
@@ -66,10 +61,10 @@ def _response(request: web.Request, name: str, content_type: str | None) -> web.
     if body is None or content_type is None:
         raise NotFound(f"no such file: {STATIC_PREFIX}{name[:64]}")
     headers = {
-        "Content-Security-Policy": content_security_policy(request.app[CONFIG].public_url),
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY,
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
-        # Small files: always revalidated, so a new version of the service is seen at once.
+        # Small files, fetched again each time: a new version of the service is seen at once.
         "Cache-Control": "no-cache",
     }
     return web.Response(body=body, content_type=content_type, charset="utf-8", headers=headers)

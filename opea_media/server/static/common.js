@@ -94,7 +94,6 @@ function askForKey(wrong) {
  * Bearer) and tries again; any other failure throws ApiError with the service's detail.
  */
 export async function api(path, options = {}) {
-  let wrong = false;
   for (;;) {
     const headers = new Headers(options.headers || {});
     const key = sessionStorage.getItem(KEY_STORAGE);
@@ -103,10 +102,9 @@ export async function api(path, options = {}) {
     if (response.status === 401) {
       const detail = await detailOf(response);
       sessionStorage.removeItem(KEY_STORAGE);
-      const given = await askForKey(wrong || Boolean(key));
+      const given = await askForKey(Boolean(key)); // a key sent and refused: say so
       if (!given) throw new ApiError(detail, 401);
       sessionStorage.setItem(KEY_STORAGE, given);
-      wrong = true;
       continue;
     }
     if (!response.ok) throw new ApiError(await detailOf(response), response.status);
@@ -120,15 +118,16 @@ export async function apiJson(path, options = {}) {
 
 // --- limits and defaults: the OpenAPI document's JSON Schema of the request ----------------------
 
+let openapi = null; // the document, fetched once (it needs no key)
+
 /** The schema of each property of a request model (its non-null branch), by name. */
 export async function requestSchema(model) {
-  const response = await fetch("openapi.json");
-  const document = await response.json();
-  const properties = document.components.schemas[model].properties;
+  openapi ||= fetch("openapi.json").then((response) => response.json());
+  const properties = (await openapi).components.schemas[model].properties;
   const out = {};
   for (const [name, property] of Object.entries(properties)) {
     const branch = (property.anyOf || [property]).find((b) => b.type && b.type !== "null") || property;
-    out[name] = { ...branch, default: property.default, description: property.description };
+    out[name] = { ...branch, default: property.default };
   }
   return out;
 }
@@ -155,18 +154,18 @@ export function applyLimits(form, schema) {
 /** The form's fields as a request body: numbers as numbers, empty ones left out (the defaults). */
 export function formBody(form) {
   const body = {};
-  for (const element of form.querySelectorAll("[data-field]")) {
-    const text = element.value.trim();
+  for (const input of form.querySelectorAll("[data-field]")) {
+    const text = input.value.trim();
     if (text === "") continue;
     // Out of its limits or not: the service judges, and says why in its own words.
-    body[element.dataset.field] = element.type === "number" ? Number(text) : text;
+    body[input.dataset.field] = input.type === "number" ? Number(text) : text;
   }
   return body;
 }
 
 // --- the health line ------------------------------------------------------------------------------
 
-export function watchHealth(element) {
+export function watchHealth(line) {
   const show = async () => {
     let state = "unreachable";
     let text = "The service does not answer.";
@@ -184,8 +183,8 @@ export function watchHealth(element) {
     } catch {
       // keep "unreachable"
     }
-    element.textContent = text;
-    element.dataset.state = state;
+    line.textContent = text;
+    line.dataset.state = state;
     setTimeout(show, state === "healthy" ? 10000 : 2000);
   };
   show();
@@ -281,6 +280,12 @@ export function outputPath(url) {
   return path.slice(path.indexOf("v1/outputs/"));
 }
 
+/** The outputs' size: what the job made, else what it asked for. */
+export function sizeOf(job) {
+  const { width, height } = job.result || job.request;
+  return width && height ? `${width} x ${height}` : "the model's own";
+}
+
 const PHASES = { encoding: "Encoding the image", denoising: "Denoising", decoding: "Decoding" };
 
 function stateText(job) {
@@ -297,7 +302,7 @@ function stateText(job) {
     case "succeeded":
       return `Done in ${(job.result.inference_seconds || 0).toFixed(1)} s.`;
     case "failed":
-      return `Failed: ${sentence(job.error ? job.error.detail : "")}`;
+      return "Failed."; // the card's alert says why
     case "cancelled":
       return "Cancelled.";
     default:

@@ -1,6 +1,15 @@
 // The image2video page: an image (file, drop or URL) and SVD's settings make a job with an MP4
 // and a GIF per clip; the clip plays in the gallery.
-import { downloadLink, element, formBody, outputPath, sentence, startPage, submitJob } from "./common.js";
+import {
+  downloadLink,
+  element,
+  formBody,
+  outputPath,
+  sentence,
+  sizeOf,
+  startPage,
+  submitJob,
+} from "./common.js";
 
 const FORMATS = "mp4,gif";
 const form = document.getElementById("generate");
@@ -51,7 +60,6 @@ async function imageSource() {
 
 function describe(job) {
   const r = job.request;
-  const size = job.result ? `${job.result.width} x ${job.result.height}` : r.width && r.height ? `${r.width} x ${r.height}` : "the model's own";
   return [
     ["Frames", r.num_frames ?? "the model's own"],
     ["FPS", r.fps],
@@ -59,7 +67,7 @@ function describe(job) {
     ["Noise", r.noise_aug_strength],
     ["Steps", r.num_inference_steps],
     ["Seed", r.seed],
-    ["Size", size],
+    ["Size", sizeOf(job)],
   ];
 }
 

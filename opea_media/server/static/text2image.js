@@ -9,6 +9,7 @@ import {
   outputPath,
   requestSchema,
   sentence,
+  sizeOf,
   startPage,
   submitJob,
 } from "./common.js";
@@ -21,8 +22,7 @@ function describe(job) {
   const r = job.request;
   const rows = [["Prompt", r.prompt]];
   if (r.negative_prompt) rows.push(["Negative", r.negative_prompt]);
-  const size = job.result ? `${job.result.width} x ${job.result.height}` : r.width && r.height ? `${r.width} x ${r.height}` : "the model's own";
-  rows.push(["Size", size], ["Steps", r.num_inference_steps ?? "default"]);
+  rows.push(["Size", sizeOf(job)], ["Steps", r.num_inference_steps ?? "default"]);
   rows.push(["Guidance", r.guidance_scale ?? "default"], ["Seed", r.seed]);
   if ((r.num_images_per_prompt || 1) > 1) rows.push(["Images", r.num_images_per_prompt]);
   return rows;
