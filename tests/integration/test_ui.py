@@ -191,14 +191,31 @@ def downloaded(folder: Path, suffix: str) -> bytes:
     return data
 
 
+# The DELETE's answer (still running, cancel_requested) held back until after the stream said
+# "cancelled", as a busy machine may deliver them: the card must stay cancelled.
+SLOW_DELETE = """
+const fetchNow = window.fetch;
+window.fetch = async (url, options) => {
+  const response = await fetchNow(url, options);
+  if (options && options.method === 'DELETE') await new Promise(done => setTimeout(done, 2000));
+  return response;
+};
+"""
+
+
 def cancel_a_running_job(browser: Any, submit: str) -> None:
     """Submit (the form holds a long job), wait until it runs a step, cancel it, see it cancelled."""
+    js(browser, SLOW_DELETE)
     known = {c["id"] for c in cards(browser)}
     click(browser, submit)
     job = newest_card(browser, known)
     until(lambda: "step" in next(c["text"] for c in cards(browser) if c["id"] == job), "the long job running")
     click(browser, f'.job[data-job="{job}"] .cancel')
-    until(lambda: card_state(browser, job) == "cancelled", "the job cancelled")
+    try:
+        until(lambda: card_state(browser, job) == "cancelled", "the job cancelled")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the page shows {cards(browser)}; {seen(browser, job)[-5:]}") from None
+    time.sleep(2.5)  # the DELETE's late answer, for sure
     assert text(browser, f'.job[data-job="{job}"] .job-state') == "Cancelled."
 
 

@@ -3,6 +3,7 @@
 // browser's recent jobs. Plain ES modules, no build step; every URL is relative to the page, so
 // the page also works behind a proxy that serves the service under a path prefix.
 
+const FINAL = ["succeeded", "failed", "cancelled"];
 const KEY_STORAGE = "opea-media:api-key"; // sessionStorage: gone when the browser session ends
 const RECENT = 24; // jobs the gallery remembers
 
@@ -227,7 +228,7 @@ export async function followJob(id, onJob) {
     } catch (error) {
       if (error instanceof ApiError) throw error; // 404 (forgotten), 401 refused: not a dropped line
     }
-    if (last && ["succeeded", "failed", "cancelled"].includes(last.state)) return last;
+    if (last && FINAL.includes(last.state)) return last;
     await new Promise((resolve) => setTimeout(resolve, 1000));
   }
 }
@@ -338,7 +339,7 @@ export class Gallery {
     remember(this.service, job.id);
     const card = this.card(job);
     this.update(card, job);
-    if (!["succeeded", "failed", "cancelled"].includes(job.state)) {
+    if (!FINAL.includes(job.state)) {
       followJob(job.id, (current) => this.update(card, current)).catch((error) => {
         card.querySelector(".job-state").textContent = sentence(error.message);
       });
@@ -382,6 +383,8 @@ export class Gallery {
   }
 
   update(card, job) {
+    // A DELETE's answer (running, cancel_requested) may arrive after the stream's final event.
+    if (FINAL.includes(card.dataset.state) && !FINAL.includes(job.state)) return;
     const bar = card.querySelector("progress");
     card.dataset.state = job.state;
     card.querySelector(".job-state").textContent = stateText(job);
