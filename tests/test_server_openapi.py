@@ -135,6 +135,7 @@ def test_the_document_is_valid_openapi_3_1(service: str, api_key: str | None) ->
     common = {"/health", "/health/ready", "/health/live", "/metrics", "/openapi.json"}
     common |= {"/v1/health_check", "/v1/outputs/{name}"}
     common |= {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events"}
+    common |= {"/", "/static/{name}"}  # the web page and its files
     assert paths == common | SERVICE_PATHS[service]
     operation = document["paths"][f"/v1/{service}"]["post"]
     assert ("401" in operation["responses"]) is (api_key is not None)

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from .config import MIB, ServerConfig
 from .error_styles import OPENAI
-from .routes import EVENT_STREAM, JSON, Answer, Route, routes_for
+from .routes import EVENT_STREAM, JSON, Answer, Parameter, Route, routes_for
 
 OPENAPI_VERSION = "3.1.0"
 _TITLES = {
@@ -107,13 +107,14 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
         "summary": route.summary,
         "responses": responses,
     }
+    described = {p.name: p for p in route.parameters if p.location == "path"}
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        | _parameter(described.get(name))
         for name in route.path_parameters
     ]
     parameters += [
-        {"name": p.name, "in": p.location, "description": p.description, "schema": dict(p.schema)}
-        for p in route.parameters
+        {"name": p.name, "in": p.location} | _parameter(p) for p in route.parameters if p.location != "path"
     ]
     if parameters:
         operation["parameters"] = parameters
@@ -130,6 +131,12 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
     if secured:
         operation["security"] = [{"bearer": []}, {"basic": []}]
     return operation
+
+
+def _parameter(parameter: Parameter | None) -> dict[str, Any]:
+    if parameter is None:
+        return {}
+    return {"description": parameter.description, "schema": dict(parameter.schema)}
 
 
 def _component_schemas(routes: list[Route]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
 from ..config import JOBS_PATH, TASKS, Task
-from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs
+from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs, ui
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
 from .job_runner import RESULT_FORMATS
@@ -41,6 +41,7 @@ from .wire import (
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 MULTIPART = "multipart/form-data"
+STATIC_TYPES = tuple(sorted(set(ui.STATIC_TYPES.values())))
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ def protected_path(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A query or header parameter, for the OpenAPI document."""
+    """A query, header or path parameter, for the OpenAPI document."""
 
     name: str
-    location: str  # "query" | "header"
+    location: str  # "query" | "header" | "path" (a path parameter without one: any string)
     description: str
     schema: Mapping[str, object]
 
@@ -176,6 +177,8 @@ def _job_submits() -> tuple[Route, ...]:
         for service, request in requests.items()
     )
 
+
+STATIC_FILE = Parameter("name", "path", "A file of the page.", {"type": "string", "enum": ui.static_names()})
 
 ROUTES: tuple[Route, ...] = (
     *_job_submits(),
@@ -367,6 +370,25 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/openapi.json", handlers.openapi, "openapi", "This document", {200: Answer("OpenAPI 3.1.")}
+    ),
+    # --- the web page (docs/ui.md): no API key, as a browser loads it before it has one ---
+    Route(
+        "GET",
+        "/",
+        ui.page,
+        "ui_page",
+        "A web page to try the service: submit jobs, follow them, see and download the results",
+        {200: Answer("The page.", media_type=ui.HTML)},
+    ),
+    Route(
+        "GET",
+        ui.STATIC_PREFIX + "{name}",
+        ui.static_file,
+        "ui_static_file",
+        "The web page's scripts, style sheet and icon",
+        {200: Answer("The file.", media_type=STATIC_TYPES[0], also=STATIC_TYPES[1:])},
+        errors=(404,),
+        parameters=(STATIC_FILE,),
     ),
 )
 
