@@ -66,6 +66,54 @@ def test_a_16_bit_run_reads_the_fp16_files_and_a_32_bit_run_the_full_ones(
     assert _loaded_mark(folders["full"], "bfloat16", cache_dir) == (0.25, torch.bfloat16)
 
 
+COMPONENTS = ("unet", "vae", "text_encoder", "image_encoder")
+
+
+def _first_weights(pipe: Any) -> dict[str, torch.Tensor]:
+    """The first parameter of each model in the pipeline, by component."""
+    models = {name: getattr(pipe, name, None) for name in COMPONENTS}
+    return {name: next(m.parameters()).detach() for name, m in models.items() if m is not None}
+
+
+def _save_both_marked(pipe: Any, folder: Path) -> None:
+    """Full-precision files marked 0.25 and fp16 files marked 0.5 in every component, side by side."""
+    import copy
+
+    pipe = copy.deepcopy(pipe)
+    for mark, variant in ((0.25, None), (0.5, "fp16")):
+        if variant:
+            pipe = pipe.to(torch.float16)
+        with torch.no_grad():
+            for weight in _first_weights(pipe).values():
+                weight[(0,) * weight.ndim] = mark
+        _save(pipe, folder, variant=variant)
+
+
+def test_a_16_bit_run_reads_every_component_from_its_fp16_file_where_it_has_one(
+    tiny_t2i: Any, tiny_i2v: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    # Half the bytes to read and map: a bfloat16 load from the fp16 files peaks lower (docs/performance.md).
+    def loaded(task: str, folder: Path, dtype: str) -> dict[str, tuple[float, torch.dtype]]:
+        model = ModelRegistry(device="cpu", dtype=dtype, cache_dir=cache_dir).handle(task, str(folder)).load()
+        return {name: (float(w[(0,) * w.ndim]), w.dtype) for name, w in _first_weights(model.pipe).items()}
+
+    # SVD-XT as its Hub repo has it, both sets; image2video's auto dtype is bfloat16 on every CPU.
+    svd = tmp_path / "svd"
+    _save_both_marked(tiny_i2v.pipe, svd)
+    assert loaded("image2video", svd, "auto") == {
+        name: (0.5, torch.bfloat16) for name in ("unet", "vae", "image_encoder")
+    }
+    # A set of fp16 files without the text encoder's: the others still come from theirs.
+    sd = tmp_path / "sd"
+    _save_both_marked(tiny_t2i.pipe, sd)
+    (sd / "text_encoder" / "model.fp16.safetensors").unlink()
+    assert loaded("text2image", sd, "bfloat16") == {
+        "unet": (0.5, torch.bfloat16),
+        "vae": (0.5, torch.bfloat16),
+        "text_encoder": (0.25, torch.bfloat16),
+    }
+
+
 def test_pickle_weights_are_refused_unless_allowed(tiny_t2i: Any, tmp_path: Path, cache_dir: Path) -> None:
     folder = tmp_path / "pickles"
     _save(tiny_t2i.pipe, folder, safe=False)  # diffusers writes .bin; transformers keeps safetensors
