@@ -79,16 +79,18 @@ class SplitPeaks:
         self._thread.join()
 
 
-def settle() -> dict[str, float]:
-    """RSS once what a load left behind is freed: garbage collected, the allocator trimmed."""
+def settle(*, trim: bool = False) -> dict[str, float]:
+    """RSS once the load's garbage is collected; with `trim`, also once the allocator has handed
+    its free pages back (malloc_trim: the service does not, so a generation never starts there)."""
     import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if trim:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
     time.sleep(0.5)
     return memory_mib()
 
@@ -207,11 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         if args.anonymous_weights:
             result["weights_copied"] = copy_weights_to_anonymous(model.pipe)
-            anonymous = settle()
-            result.update(_split("rss_anonymous_weights", anonymous))
+            result.update(_split("rss_anonymous_weights", settle()))
             reset_peak()
         split.reset()
         if args.phase == "load":
+            result.update(_split("rss_trimmed", settle(trim=True)))
             return result
         height, width = _size(args.size)
         run = _generate if args.phase == "all" else _video_phase

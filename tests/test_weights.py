@@ -220,3 +220,41 @@ async def test_health_says_why_the_model_did_not_load(
         await asyncio.sleep(0.05)
     assert body["status"] == "failed"
     assert "no file named config.json" in body["detail"] and str(folders["full"] / "vae") in body["detail"]
+
+
+def _resident_kb(folder: Path) -> int:
+    """Resident kB of this process's mappings of the weight files under `folder`."""
+    from opea_media.models.mapped import _MAPPING
+
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = _MAPPING.match(line)
+        if head:
+            inside = head.group(3).startswith(str(folder)) and head.group(3).endswith(".safetensors")
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc/PID/smaps")
+def test_a_load_leaves_no_resident_pages_of_the_weight_files_and_the_weights_read_back(
+    folders: dict[str, Path], cache_dir: Path
+) -> None:
+    # float32 from full files: weights stay views of the mapped files, the conv weights are copied
+    # (channels_last); the pages the load touched are dropped, a weight still mapped reads back.
+    model = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir).text2image(str(folders["full"]))
+    assert _resident_kb(folders["full"]) == 0
+    assert float(model.pipe.unet.conv_in.bias[0].detach()) == 0.25
+
+
+def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
+    from opea_media.models.mapped import weight_mappings
+
+    smaps = (
+        "7f0000000000-7f0000004000 r--p 00000000 fe:00 1 /m/unet/diffusion_pytorch_model.safetensors\n"
+        "Rss:                  16 kB\nAnonymous:             0 kB\n"
+        "7f0000004000-7f0000006000 rw-p 00000000 fe:00 2 /m/vae/diffusion_pytorch_model.fp16.safetensors\n"
+        "Anonymous:             4 kB\n"
+        "7f0000006000-7f0000007000 r--p 00000000 fe:00 3 /usr/lib/libc.so.6\nAnonymous:             0 kB\n"
+    )
+    assert weight_mappings(smaps) == [(0x7F0000000000, 0x4000, 0), (0x7F0000004000, 0x2000, 4)]
