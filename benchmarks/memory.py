@@ -216,7 +216,9 @@ def layout_folders(cache: Path, preset: str) -> dict[str, Path]:
     if not (root / "saved").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        subprocess.run([sys.executable, "-W", "ignore", "-c", _SAVE_LAYOUTS, preset, str(root)], cwd=ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", _SAVE_LAYOUTS, preset, str(root)], cwd=ROOT, check=True
+        )
     folders = {kind: root / kind for kind in ("full", "fp16", "both")}
     if not (folders["both"] / "model_index.json").is_file():
         shutil.rmtree(folders["both"], ignore_errors=True)
@@ -249,12 +251,20 @@ def layout_configs(
     if "text2image" in include:
         sd = layout_folders(cache, "random:sd21")
         sd_rows = {
-            "bfloat16": [("preset", "random:sd21"), ("full files", str(sd["full"])), ("both: fp16 files", str(sd["both"]))],
+            "bfloat16": [
+                ("preset", "random:sd21"),
+                ("full files", str(sd["full"])),
+                ("both: fp16 files", str(sd["both"])),
+            ],
             "float32": [("preset", "random:sd21"), ("both: full files", str(sd["both"]))],
         }
     if "image2video" in include:
         svd = layout_folders(cache, "random:svd-xt")
-        svd_rows = [("preset", "random:svd-xt"), ("full files", str(svd["full"])), ("fp16 files", str(svd["fp16"]))]
+        svd_rows = [
+            ("preset", "random:svd-xt"),
+            ("full files", str(svd["full"])),
+            ("fp16 files", str(svd["fp16"])),
+        ]
     configs = []
     if quick:
         for dtype, rows in sd_rows.items():
@@ -268,7 +278,18 @@ def layout_configs(
     for size in ("512", "768"):
         for dtype, rows in sd_rows.items():
             for layout, model in rows:
-                args = ["--task", "text2image", "--model", model, "--dtype", dtype, "--size", size, "--steps", "1"]
+                args = [
+                    "--task",
+                    "text2image",
+                    "--model",
+                    model,
+                    "--dtype",
+                    dtype,
+                    "--size",
+                    size,
+                    "--steps",
+                    "1",
+                ]
                 configs.append((f"SD2.1 {size} px {dtype}", layout, args))
     for phase in ("denoise", "decode"):
         for layout, model in svd_rows:
@@ -284,7 +305,13 @@ def _layout_row(label: str, layout: str, result: dict[str, Any]) -> dict[str, An
         "rss_anonymous_weights_mib", "rss_anonymous_weights_anon_mib", "rss_anonymous_weights_file_mib",
         "peak_denoise_mib", "peak_decode_mib", "peak_inference_file_mib",
     )  # fmt: skip
-    return {"label": label, "layout": layout, **{k: result.get(k) for k in keys}, "error": result.get("error"), "raw": result}
+    return {
+        "label": label,
+        "layout": layout,
+        **{k: result.get(k) for k in keys},
+        "error": result.get("error"),
+        "raw": result,
+    }
 
 
 def run_layouts(
@@ -308,3 +335,37 @@ def run_layouts(
     if not keep:
         shutil.rmtree(cache / "layouts", ignore_errors=True)
     return {"rows": rows, "files_gib": sizes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.memory [--quick] [--only text2image|image2video] [--keep] [--cache DIR]`:
+    the layouts comparison alone, printed with its machine; the memory section of the suite runs it
+    after the preset rows."""
+    import argparse
+
+    from . import report
+    from .__main__ import machine
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=main.__doc__)
+    p.add_argument("--quick", action="store_true", help="load only (no generation), about 10 min")
+    p.add_argument(
+        "--only", nargs="+", choices=("text2image", "image2video"), default=["text2image", "image2video"]
+    )
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "opea-media-bench")
+    p.add_argument("--keep", action="store_true", help="keep the saved folders (about 21 GB) for a next run")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    report.print_machine(machine())
+    log = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    layouts = run_layouts(
+        quick=args.quick, cache=args.cache, include=tuple(args.only), keep=args.keep, log=log
+    )
+    if args.json:
+        args.json.write_text(json.dumps(layouts, indent=1, default=str) + "\n")
+    title, header, rows = report.tables("memory", {"figures": {"rows": [], "layouts": layouts}})[1]
+    print("\n".join([title, "| " + " | ".join(header) + " |", *("| " + " | ".join(r) + " |" for r in rows)]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -29,6 +29,7 @@ MIB = 1024 * 1024
 
 
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+MODELS = ("unet", "vae", "text_encoder", "image_encoder")  # a pipeline's components that hold weights
 
 
 def memory_mib() -> dict[str, float]:
@@ -82,15 +83,14 @@ class SplitPeaks:
 def settle(*, trim: bool = False) -> dict[str, float]:
     """RSS once the load's garbage is collected; with `trim`, also once the allocator has handed
     its free pages back (malloc_trim: the service does not, so a generation never starts there)."""
+    import contextlib
     import ctypes
     import gc
 
     gc.collect()
     if trim:
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
     time.sleep(0.5)
     return memory_mib()
 
@@ -101,7 +101,7 @@ def copy_weights_to_anonymous(pipe: Any) -> int:
     import torch
 
     copied = 0
-    for name in ("unet", "vae", "text_encoder", "image_encoder"):
+    for name in MODELS:
         model = getattr(pipe, name, None)
         if model is None:
             continue
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **_split("rss_settled", settle()),
             "weights_mib": sum(
                 p.numel() * p.element_size()
-                for m in (getattr(model.pipe, n, None) for n in ("unet", "vae", "text_encoder", "image_encoder"))
+                for m in (getattr(model.pipe, n, None) for n in MODELS)
                 if m is not None
                 for p in m.parameters()
             )
@@ -241,7 +241,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _split(prefix: str, mem: dict[str, float]) -> dict[str, float]:
     """VmRSS and its two parts, as `prefix_mib`, `prefix_anon_mib`, `prefix_file_mib`."""
-    return {f"{prefix}_mib": mem["VmRSS"], f"{prefix}_anon_mib": mem["RssAnon"], f"{prefix}_file_mib": mem["RssFile"]}
+    return {
+        f"{prefix}_mib": mem["VmRSS"],
+        f"{prefix}_anon_mib": mem["RssAnon"],
+        f"{prefix}_file_mib": mem["RssFile"],
+    }
 
 
 def _generate(model: Any, args: argparse.Namespace, height: int | None, width: int | None) -> dict[str, Any]:
