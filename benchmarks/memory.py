@@ -232,8 +232,8 @@ def _link_weights(src: str, dst: str) -> None:
     (os.link if src.endswith(".safetensors") else shutil.copy2)(src, dst)
 
 
-def folder_gib(folder: Path, pattern: str) -> float:
-    return sum(f.stat().st_size for f in folder.rglob(pattern)) / 2**30
+def weights_gib(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*.safetensors")) / 2**30
 
 
 def layout_configs(
@@ -269,33 +269,26 @@ def layout_configs(
     if quick:
         for dtype, rows in sd_rows.items():
             for layout, model in rows:
-                args = ["--task", "text2image", "--model", model, "--dtype", dtype, "--phase", "load"]
-                configs.append((f"SD2.1 {dtype}, load", layout, [*args, "--anonymous-weights"]))
+                args = _args("text2image", model, dtype, "--phase", "load", "--anonymous-weights")
+                configs.append((f"SD2.1 {dtype}, load", layout, args))
         for layout, model in svd_rows:
-            args = ["--task", "image2video", "--model", model, "--dtype", "bfloat16", "--phase", "load"]
-            configs.append(("SVD-XT bfloat16, load", layout, [*args, "--anonymous-weights"]))
+            args = _args("image2video", model, "bfloat16", "--phase", "load", "--anonymous-weights")
+            configs.append(("SVD-XT bfloat16, load", layout, args))
         return configs
     for size in ("512", "768"):
         for dtype, rows in sd_rows.items():
             for layout, model in rows:
-                args = [
-                    "--task",
-                    "text2image",
-                    "--model",
-                    model,
-                    "--dtype",
-                    dtype,
-                    "--size",
-                    size,
-                    "--steps",
-                    "1",
-                ]
+                args = _args("text2image", model, dtype, "--size", size, "--steps", "1")
                 configs.append((f"SD2.1 {size} px {dtype}", layout, args))
     for phase in ("denoise", "decode"):
         for layout, model in svd_rows:
-            args = ["--task", "image2video", "--model", model, "--dtype", "bfloat16", "--steps", "1"]
-            configs.append((f"SVD-XT 25 frames {phase}", layout, [*args, "--frames", "25", "--phase", phase]))
+            args = _args("image2video", model, "bfloat16", "--steps", "1", "--frames", "25", "--phase", phase)
+            configs.append((f"SVD-XT 25 frames {phase}", layout, args))
     return configs
+
+
+def _args(task: str, model: str, dtype: str, *more: str) -> list[str]:
+    return ["--task", task, "--model", model, "--dtype", dtype, *more]
 
 
 def _layout_row(label: str, layout: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -325,7 +318,7 @@ def run_layouts(
     """Preset vs folders, side by side in one run; the folders are removed after unless `keep`."""
     configs = layout_configs(cache, quick, include)
     sizes = {
-        f"{folder.parent.name} {folder.name}": folder_gib(folder, "*.safetensors")
+        f"{folder.parent.name} {folder.name}": weights_gib(folder)
         for folder in sorted((cache / "layouts").glob("*/f*"))
     }
     rows = []

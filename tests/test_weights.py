@@ -224,16 +224,10 @@ async def test_health_says_why_the_model_did_not_load(
 
 def _resident_kb(folder: Path) -> int:
     """Resident kB of this process's mappings of the weight files under `folder`."""
-    from opea_media.models.mapped import _MAPPING
+    from opea_media.models.mapped import weight_mappings
 
-    total, inside = 0, False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = _MAPPING.match(line)
-        if head:
-            inside = head.group(3).startswith(str(folder)) and head.group(3).endswith(".safetensors")
-        elif inside and line.startswith("Rss:"):
-            total += int(line.split()[1])
-    return total
+    mappings = weight_mappings(Path("/proc/self/smaps").read_text())
+    return sum(m.resident_kb for m in mappings if m.path.startswith(str(folder)))
 
 
 @pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc/PID/smaps")
@@ -248,7 +242,7 @@ def test_a_load_leaves_no_resident_pages_of_the_weight_files_and_the_weights_rea
 
 
 def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
-    from opea_media.models.mapped import weight_mappings
+    from opea_media.models.mapped import Mapping, weight_mappings
 
     smaps = (
         "7f0000000000-7f0000004000 r--p 00000000 fe:00 1 /m/unet/diffusion_pytorch_model.safetensors\n"
@@ -257,4 +251,7 @@ def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
         "Anonymous:             4 kB\n"
         "7f0000006000-7f0000007000 r--p 00000000 fe:00 3 /usr/lib/libc.so.6\nAnonymous:             0 kB\n"
     )
-    assert weight_mappings(smaps) == [(0x7F0000000000, 0x4000, 0), (0x7F0000004000, 0x2000, 4)]
+    assert weight_mappings(smaps) == [
+        Mapping("/m/unet/diffusion_pytorch_model.safetensors", 0x7F0000000000, 0x4000, resident_kb=16),
+        Mapping("/m/vae/diffusion_pytorch_model.fp16.safetensors", 0x7F0000004000, 0x2000, written_kb=4),
+    ]

@@ -17,8 +17,8 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import mmap
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -27,9 +27,18 @@ MADV_DONTNEED = 4
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s+(.*)$")
 
 
-def weight_mappings(smaps: str) -> list[tuple[int, int, int]]:
-    """(start, length, written kB) of each mapping of a .safetensors file in /proc/PID/smaps text."""
-    found: list[tuple[int, int, int]] = []
+@dataclass(frozen=True)
+class Mapping:
+    path: str
+    start: int
+    length: int
+    resident_kb: int = 0
+    written_kb: int = 0  # "Anonymous": pages copied on write, which MADV_DONTNEED would discard
+
+
+def weight_mappings(smaps: str) -> list[Mapping]:
+    """The mappings of .safetensors files in /proc/PID/smaps text."""
+    found: list[Mapping] = []
     inside = False  # the field lines that follow belong to a weight file's mapping
     for line in smaps.splitlines():
         head = _MAPPING.match(line)
@@ -37,9 +46,11 @@ def weight_mappings(smaps: str) -> list[tuple[int, int, int]]:
             inside = head.group(3).endswith(".safetensors")
             if inside:
                 start, end = int(head.group(1), 16), int(head.group(2), 16)
-                found.append((start, end - start, 0))
+                found.append(Mapping(head.group(3), start, end - start))
+        elif inside and line.startswith("Rss:"):
+            found[-1] = replace(found[-1], resident_kb=int(line.split()[1]))
         elif inside and line.startswith("Anonymous:"):
-            found[-1] = (*found[-1][:2], int(line.split()[1]))
+            found[-1] = replace(found[-1], written_kb=int(line.split()[1]))
     return found
 
 
@@ -54,11 +65,11 @@ def release_weight_pages(smaps: Path = Path("/proc/self/smaps")) -> int:
         return 0
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     released = 0
-    for start, length, written_kb in mappings:
-        if written_kb or start % mmap.PAGESIZE:
+    for m in mappings:
+        if m.written_kb:
             continue
-        if madvise(start, length, MADV_DONTNEED) == 0:
-            released += length
+        if madvise(m.start, m.length, MADV_DONTNEED) == 0:
+            released += m.length
         else:
             log.debug("madvise failed on a weight mapping (errno %d)", ctypes.get_errno())
     return released
