@@ -186,7 +186,9 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
         # One round: each policy costs fresh processes of SD 2.1-size, idle and beside a neighbour.
         return levers.openmp_wait_policy(rounds=1, log=log) + levers.run(rounds=rounds, quick=quick, log=log)
     if section == "memory":
-        return memory.run(quick=quick, log=log)
+        figures = memory.run(quick=quick, log=log)
+        figures["layouts"] = memory.run_layouts(quick=quick, cache=args.cache, log=log)
+        return figures
     raise ValueError(section)
 
 

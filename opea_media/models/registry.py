@@ -135,6 +135,11 @@ class ModelRegistry:
             pipe = pipe.to(placement.device)
         pipe.set_progress_bar_config(disable=True)
         apply_tuning(pipe, tuning)
+        if source.kind != "preset":
+            from .mapped import release_weight_pages
+
+            # The file pages of weights that the load or channels_last copied: 1.7 GiB at SD 2.1 fp32.
+            release_weight_pages()
         if task == "text2image":
             return Text2ImageModel(pipe, ref=ref, images_per_call=tuning.images_per_call)
         return Image2VideoModel(pipe, ref=ref, decode_chunk_size=tuning.decode_chunk_size)
