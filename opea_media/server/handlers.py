@@ -24,7 +24,7 @@ from .bodies import body_done
 from .jobs import Job, VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .outputs import output_path, store_file
-from .running import admitted, before_deadline, count, each, encoded_response, rounded, run_job
+from .running import admitted, before_deadline, count, each, encoded_response, outputs_made, run_job
 from .validation import read_json_body
 from .wire import (
     Alive,
@@ -192,16 +192,9 @@ def _result(
     job: Job, what: str, outputs: Sequence[Text2ImageParams | Image2VideoParams], model: str
 ) -> dict[str, Any]:
     """What every OPEA success answer says: the outputs' seeds and size, the model, the timings."""
-    first = outputs[0]
     return {
         "id": job.request_id,
         "message": f"Generated {what} in {job.inference_seconds or 0.0:.2f} s",
-        "seed": first.seed,
-        "seeds": [p.seed for p in outputs],
-        "model": model,
-        "width": first.width,
-        "height": first.height,
-        "num_inference_steps": first.num_inference_steps,
-        "queue_seconds": rounded(job.queue_seconds),
-        "inference_seconds": rounded(job.inference_seconds),
+        "seed": outputs[0].seed,
+        **outputs_made(job, outputs, model),
     }

@@ -36,7 +36,7 @@ from ..params import per_output
 from .job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, SqlJobStore, open_store
 from .jobs import JOB_CANCELLED, LEASE_LOST, Job, VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, METRICS, OUTPUTS, WORKER
-from .running import rounded
+from .running import outputs_made
 from .wire import Image2VideoRequest, Text2ImageRequest
 
 log = logging.getLogger(__name__)
@@ -281,17 +281,7 @@ class JobRunner:
                     writer = functools.partial(write_video, clip, fps=p.fps)
                     name = outputs.write_with(writer, prefix=f"{record.id}-{k}", suffix=suffix)
                     files.append(_file(name, fmt, k, p.seed))
-        first = own[0]
-        return {
-            "files": files,
-            "seeds": [p.seed for p in own],
-            "width": first.width,
-            "height": first.height,
-            "num_inference_steps": first.num_inference_steps,
-            "model": model,
-            "queue_seconds": rounded(job.queue_seconds),
-            "inference_seconds": rounded(job.inference_seconds),
-        }
+        return {"files": files, **outputs_made(job, own, model)}
 
     def remove_inputs(self, names: Iterable[str]) -> None:
         """Input files are needed until their job ends (a restart runs it again from them)."""

@@ -107,6 +107,7 @@ async def submit(request: web.Request) -> web.Response:
     key = _idempotency_key(request)
     with app[ADMISSION].admit():
         # A model still loading takes jobs (they wait); a full queue or a failed model does not.
+        runner.queued = await runner.call(runner.store.queued_count, runner.task)  # counted now
         worker.check_admission(while_loading=True)
         deadline = time.monotonic() + config.request_timeout
         model = Text2ImageRequest if config.service == "text2image" else Image2VideoRequest
@@ -137,7 +138,6 @@ async def submit(request: web.Request) -> web.Response:
                 "this Idempotency-Key was used before with another request; use a new key for a new job"
             )
         return _job_response(request, await _current_view(request, record), status=202, replayed=True)
-    runner.queued += 1
     return _job_response(request, await _current_view(request, record), status=202)
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from ..config import JOB_STATES, Task
 from .job_store import JobRecord
-from .wire import ErrorBody
+from .wire import ErrorBody, Outputs
 
 JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 
@@ -30,15 +30,8 @@ class JobFile(BaseModel):
     seed: int | None = Field(description="That output's seed: it remakes that output alone.")
 
 
-class JobResult(BaseModel):
+class JobResult(Outputs):
     files: list[JobFile]
-    seeds: list[int]
-    width: int
-    height: int
-    num_inference_steps: int
-    model: str
-    queue_seconds: float | None = Field(description="Seconds it waited in the model's queue once taken.")
-    inference_seconds: float | None = Field(description="Seconds the pipeline call took.")
 
 
 class JobView(BaseModel):
