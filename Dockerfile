@@ -13,6 +13,8 @@
 #                    docker/wheels/ (its own dependencies from PyPI or from wheels beside it).
 #   TORCH_INDEX_URL  https://download.pytorch.org/whl/cpu. A CUDA index (or https://pypi.org/simple,
 #                    whose Linux torch is a CUDA build) makes a GPU image; see README.md.
+#   EXTRAS           empty. setup.cfg extras to install too, comma-separated: openvino for
+#                    OPEA_MEDIA_BACKEND=openvino (adds about 180 MB).
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -20,9 +22,12 @@ ARG BASE_IMAGE=python:3.11-slim
 # A stage of its own, so that the layers below are rebuilt only when this list changes, not on
 # every edit of setup.cfg.
 FROM ${BASE_IMAGE} AS requirements
+ARG EXTRAS=
 COPY setup.cfg /tmp/setup.cfg
-RUN python3 -c "import configparser; c = configparser.ConfigParser(); c.read('/tmp/setup.cfg'); \
-print(c['options']['install_requires'].strip())" >/tmp/requirements.txt
+RUN EXTRAS="$EXTRAS" python3 -c "import configparser, os; c = configparser.ConfigParser(); c.read('/tmp/setup.cfg'); \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join([c['options']['install_requires'].strip()] + [c['options.extras_require'][e].strip() for e in extras]))" \
+    >/tmp/requirements.txt
 
 # --- deps: a virtual environment with torch and the project's dependencies ---------------------
 FROM ${BASE_IMAGE} AS deps

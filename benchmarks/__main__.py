@@ -1,7 +1,7 @@
 """The benchmark suite: `python -m benchmarks [--quick] [--device cuda] [--only SECTION ...] [--out FOLDER]`.
 
 Prints one table per section and writes results.json and results.md into the output folder.
-Sections: startup, overhead, jobs, concurrency, encoding, levers, memory (in this order; memory last
+Sections: startup, overhead, jobs, concurrency, encoding, levers, backends, memory (in this order; memory last
 because its SVD-XT-size runs take longest). `--device cuda` runs the GPU variant (float16, full
 sizes and step counts, sized for minutes on an H100-class GPU; also `python -m benchmarks.gpu`).
 docs/performance.md explains every figure.
@@ -21,7 +21,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SECTIONS = ("startup", "overhead", "jobs", "concurrency", "encoding", "levers", "memory")
+SECTIONS = ("startup", "overhead", "jobs", "concurrency", "encoding", "levers", "backends", "memory")
 
 
 def usable_cores() -> int:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_section(section: str, args: argparse.Namespace) -> Any:
-    from . import concurrency, encoding, jobs, levers, memory, overhead, startup
+    from . import backends, concurrency, encoding, jobs, levers, memory, overhead, startup
 
     quick = args.quick
     log = lambda text: print(f"  {text}", flush=True)  # noqa: E731
@@ -185,6 +185,16 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
         rounds = 2 if quick else 4
         # One round: each policy costs fresh processes of SD 2.1-size, idle and beside a neighbour.
         return levers.openmp_wait_policy(rounds=1, log=log) + levers.run(rounds=rounds, quick=quick, log=log)
+    if section == "backends":
+        # 768 px, and eager bfloat16 where it is not the default, only in the full run.
+        return backends.run(
+            sizes=(512,) if quick else (512, 768),
+            steps=4,
+            rounds=2 if quick else 3,
+            bf16=not quick,
+            cache=args.cache,
+            log=log,
+        )
     if section == "memory":
         figures = memory.run(quick=quick, log=log)
         figures["layouts"] = memory.run_layouts(quick=quick, cache=args.cache, log=log)
@@ -194,7 +204,7 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
 
 def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
     """The figures on CUDA in float16: SD 2.1 at 768 px / 25 steps, SVD-XT at 25 frames / 25 steps."""
-    from . import concurrency, encoding, jobs, levers, memory, overhead, startup
+    from . import backends, concurrency, encoding, jobs, levers, memory, overhead, startup
 
     sd21_768 = {"prompt": "a red fox", "num_inference_steps": 25, "height": 768, "width": 768}
     if section == "startup":
@@ -235,6 +245,8 @@ def run_cuda_section(section: str, args: argparse.Namespace, log: Any) -> Any:
         return encoding.run(rounds=3, threads=4)
     if section == "levers":
         return levers.run_cuda(rounds=2, log=log)
+    if section == "backends":
+        return backends.run_cuda(rounds=2, log=log)
     if section == "memory":
         return memory.run(quick=False, device="cuda", log=log)
     raise ValueError(section)

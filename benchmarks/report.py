@@ -158,6 +158,8 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
         if f.get("layouts"):
             tables.append(_layouts_table(f["layouts"]))
         return tables
+    if section == "backends":
+        return [_backends_table(run) for run in f]
     return []
 
 
@@ -189,6 +191,48 @@ def _layouts_table(layouts: dict[str, Any]) -> tuple[str, list[str], list[list[s
     header = ["configuration", "weights from", "peak RSS loading", "RSS after load (anon + file)"]
     header += ["weights copied to anonymous memory", "peak RSS denoising", "peak RSS decoding", ""]
     return (f"Preset in memory vs saved folders (safetensors: {files})", header, rows)
+
+
+def _backends_table(run: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    if "samples" in run:  # CUDA: eager against torch.compile
+        names = list(run["samples"])
+        rows = [[run["run"], *(_s(run["samples"][n], digits=2) for n in names), _s(run["ratio"], unit="x")]]
+        rows[0].append(_sec(run["compile_first_request_seconds"]))
+        header = ["run", *names, "ratio", "compile: first request"]
+        return (f"Backends (CUDA): {run['task']}", header, rows)
+    rows = []
+    for r in run["rows"]:
+        a = r["agreement"]
+        psnr = "identical" if a["psnr_db"] == float("inf") else f"{a['psnr_db']:.1f} dB"
+        rows.append(
+            [
+                r["backend"],
+                _s(r["step"], digits=2),
+                _s(r["request"], digits=1),
+                _s(r["ratio"], digits=2, unit="x"),
+                _mib(r["peak_rss_mib"]),
+                _mib(r["resident_added_mib"]),
+                f"{_sec(r['first_request_seconds'])}" + (f" ({r['setup_note']})" if r["setup_note"] else ""),
+                f"{psnr}, max {a['max_abs']:.0f}",
+            ]
+        )
+    restart = run["second_start"]
+    title = (
+        f"Backends: {run['model']} {run['size']} px, {run['steps']} steps, {run['rounds']} interleaved rounds "
+        f"(agreement with {run['reference']}, same seed; OpenVINO's second start: {restart['note']})"
+    )
+    header = ["backend", "step", "request", "ratio to default", "peak RSS (process)", "resident added"]
+    header += ["first request (setup)", "agreement: PSNR, max |diff| /255"]
+    return (title, header, rows)
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    out = Table(title=escape(title), title_justify="left")
+    for h in header:
+        out.add_column(escape(h))
+    for row in rows:
+        out.add_row(*(escape(cell) for cell in row))
+    return out
 
 
 def machine_line(m: dict[str, Any]) -> str:
@@ -230,12 +274,7 @@ def print_machine(m: dict[str, Any]) -> None:
 
 def print_section(section: str, data: dict[str, Any]) -> None:
     for title, header, rows in tables(section, data):
-        table = Table(title=escape(title), title_justify="left")
-        for h in header:
-            table.add_column(escape(h))
-        for row in rows:
-            table.add_row(*(escape(cell) for cell in row))
-        console.print(table)
+        console.print(table(title, header, rows))
     console.print(
         f"[dim]{section}: {data['seconds']:.0f} s, "
         f"load average {data['load_before']} -> {data['load_after']}[/dim]"

@@ -332,6 +332,7 @@ async def test_metrics_count_requests_by_endpoint_and_status(t2i: TestClient) ->
         assert line in text, line
     for name in (
         "opea_media_model_load_seconds",
+        "opea_media_model_convert_seconds",
         "process_resident_memory_bytes",
         "opea_media_inference_in_progress",
     ):

@@ -54,6 +54,7 @@ def test_explicit_choices_win() -> None:
         decode_chunk_size=5,
         images_per_call=3,
         threads=3,
+        backend="openvino",
     ).resolve("image2video", "cpu")
     assert chosen == AppliedTuning(
         guidance_split=False,
@@ -65,6 +66,7 @@ def test_explicit_choices_win() -> None:
         decode_chunk_size=5,
         images_per_call=3,
         threads=3,
+        backend="openvino",
     )
 
 
@@ -77,6 +79,7 @@ def test_explicit_choices_win() -> None:
         ({"threads": 0}, "threads: must be between 1 and 1024"),
         ({"images_per_call": 0}, "images_per_call: must be between 1 and 1024"),
         ({"omp_wait_policy": "spin"}, "omp_wait_policy: must be one of auto, passive, active, got 'spin'"),
+        ({"backend": "onnx"}, "backend: must be one of auto, torch, openvino, got 'onnx'"),
     ],
 )
 def test_bad_values_are_refused(kwargs: dict[str, object], message: str) -> None:

@@ -41,6 +41,9 @@ class ModelHandle(Generic[M]):
         self.state = ModelState.NOT_LOADED
         self.error: str | None = None
         self.load_seconds: float | None = None
+        # Of load_seconds, what the backend spent making its own form of the model (OpenVINO:
+        # converting, or reading its cached conversion, and compiling); None for torch.
+        self.convert_seconds: float | None = None
         self._model: M | None = None
 
     @property
@@ -73,9 +76,13 @@ class ModelHandle(Generic[M]):
                 self._fail(f"could not load {self.ref}: {gist(exc)}", exc)
             else:
                 self.load_seconds = time.perf_counter() - started
+                self.convert_seconds = getattr(model, "convert_seconds", None)
                 self._model = model
                 self.state = ModelState.READY
-                log.info("model ready", extra={**extra, "seconds": round(self.load_seconds, 3)})
+                ready = {**extra, "seconds": round(self.load_seconds, 3)}
+                if self.convert_seconds is not None:
+                    ready["convert_seconds"] = round(self.convert_seconds, 3)
+                log.info("model ready", extra=ready)
                 return model
             raise ModelUnavailable(self.detail)
 

@@ -21,6 +21,9 @@ def _round64(x: float) -> int:
 
 class Image2VideoModel:
     task = "image2video"
+    # Set by the registry: what runs the UNet and decoder, and what making it cost at load.
+    backend = "torch"
+    convert_seconds: float | None = None
 
     def __init__(self, pipe: Any, *, ref: str, decode_chunk_size: int | None = None) -> None:
         self.pipe = pipe

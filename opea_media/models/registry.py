@@ -103,6 +103,7 @@ class ModelRegistry:
                 "source": source.location,
                 "device": placement.device,
                 "dtype": placement.dtype_name,
+                "backend": tuning.backend,
             },
         )
         if source.kind == "preset":
@@ -134,15 +135,32 @@ class ModelRegistry:
                 raise ModelUnavailable(f"could not load {ref}: {gist(exc)}{looked}") from exc
             pipe = pipe.to(placement.device)
         pipe.set_progress_bar_config(disable=True)
+        convert_seconds = None
+        if tuning.backend == "openvino":
+            from . import openvino
+
+            # Converted from the pipeline just loaded (diffusers' own loading path), before the
+            # torch levers are set: what is traced is the plain model.
+            key = openvino.cache_key(
+                ref=ref, location=source.location, kind=source.kind, dtype=placement.dtype_name, task=task
+            )
+            conversion = openvino.use_openvino(
+                pipe, cache_dir=self._cache_dir, key=key, dtype=placement.dtype_name, threads=tuning.threads
+            )
+            convert_seconds = conversion.seconds
         apply_tuning(pipe, tuning)
         if source.kind != "preset":
             from .mapped import release_weight_pages
 
             # The file pages of weights that the load or channels_last copied: 1.7 GiB at SD 2.1 fp32.
             release_weight_pages()
+        model: LoadedModel
         if task == "text2image":
-            return Text2ImageModel(pipe, ref=ref, images_per_call=tuning.images_per_call)
-        return Image2VideoModel(pipe, ref=ref, decode_chunk_size=tuning.decode_chunk_size)
+            model = Text2ImageModel(pipe, ref=ref, images_per_call=tuning.images_per_call)
+        else:
+            model = Image2VideoModel(pipe, ref=ref, decode_chunk_size=tuning.decode_chunk_size)
+        model.backend, model.convert_seconds = tuning.backend, convert_seconds
+        return model
 
 
 # Libraries that attach a plain-text handler of their own to their root logger when imported.

@@ -35,6 +35,9 @@ _SCHEDULERS: dict[str, Any] = {
 
 class Text2ImageModel:
     task = "text2image"
+    # Set by the registry: what runs the UNet and decoder, and what making it cost at load.
+    backend = "torch"
+    convert_seconds: float | None = None
 
     def __init__(self, pipe: Any, *, ref: str, images_per_call: int = 8) -> None:
         self.pipe = pipe

@@ -28,6 +28,7 @@ SWITCH = ("auto", "on", "off")
 # diffusers' slice sizes: "on" halves the heads per slice, "max" runs one head at a time.
 ATTENTION_SLICING = ("auto", "off", "on", "max")
 OMP_WAIT_POLICIES = ("auto", "passive", "active")
+BACKENDS = ("auto", "torch", "openvino")
 
 # image2video: frames the VAE decodes at once when a request does not say. Decoding all 25 frames
 # of a 576x1024 clip at once holds ~16 GB of activations in float32; 2 at a time fits in the budget.
@@ -162,6 +163,14 @@ class Tuning:
         choices=OMP_WAIT_POLICIES,
     )
 
+    backend: str = lever(
+        "auto",
+        "What runs the UNet and the VAE decoder. torch: PyTorch eager. openvino (CPU only, "
+        "pip install 'opea-media[openvino]'): converted once from the loaded pipeline and cached under "
+        "the opea-media cache; the first start pays the conversion. auto: torch.",
+        choices=BACKENDS,
+    )
+
     def __post_init__(self) -> None:
         for each in LEVERS:
             each.check(getattr(self, each.name))
@@ -199,7 +208,17 @@ class Tuning:
             or (CUDA_DECODE_CHUNK_SIZE if cuda else CPU_DECODE_CHUNK_SIZE),
             images_per_call=self.images_per_call or (CUDA_IMAGES_PER_CALL if cuda else CPU_IMAGES_PER_CALL),
             threads=self.threads or (None if cuda else cpu_quota_threads()),
+            backend=self._backend(cuda),
         )
+
+    def _backend(self, cuda: bool) -> str:
+        # torch: OpenVINO was not faster enough at equal pictures to be the CPU default
+        # (docs/performance.md, "Backends").
+        if self.backend == "openvino" and cuda:
+            raise InvalidInput(
+                "--backend openvino runs on the CPU here; use --device cpu, or --backend torch on CUDA"
+            )
+        return "torch" if self.backend == "auto" else self.backend
 
 
 LEVERS: tuple[Lever, ...] = tuple(Lever(name=f.name, **f.metadata["lever"]) for f in fields(Tuning))
@@ -218,6 +237,7 @@ class AppliedTuning:
     decode_chunk_size: int
     images_per_call: int
     threads: int | None  # None: leave torch's own choice
+    backend: str  # "torch" or "openvino"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

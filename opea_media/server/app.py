@@ -75,6 +75,7 @@ def create_app(
         model=handle.ref,
         model_ready=lambda: worker.ready,
         load_seconds=lambda: handle.load_seconds,
+        convert_seconds=lambda: handle.convert_seconds,
     )
     worker = InferenceWorker(
         handle=handle, max_queue=config.max_queue, max_batch_size=config.max_batch_size, metrics=metrics

@@ -89,8 +89,10 @@ class Metrics:
         model: str,
         model_ready: Callable[[], bool],
         load_seconds: Callable[[], float | None],
+        convert_seconds: Callable[[], float | None] = lambda: None,
     ) -> None:
-        """`model_ready` and `load_seconds` are read at each scrape from the model's one state."""
+        """`model_ready`, `load_seconds` and `convert_seconds` are read at each scrape from the model's
+        one state."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.model_info = Gauge(
@@ -105,6 +107,13 @@ class Metrics:
             "opea_media_model_load_seconds", "How long loading the model took (0 until loaded).", registry=r
         )
         self.model_load_seconds.set_function(lambda: load_seconds() or 0.0)
+        self.model_convert_seconds = Gauge(
+            "opea_media_model_convert_seconds",
+            "Of the load, seconds the backend took to make its form of the model (OpenVINO: converting, "
+            "or reading the cached conversion, and compiling; 0 for torch and until loaded).",
+            registry=r,
+        )
+        self.model_convert_seconds.set_function(lambda: convert_seconds() or 0.0)
         self.requests = Counter(
             "opea_media_http_requests",
             "HTTP requests by endpoint, method and status (success/failure rate).",
