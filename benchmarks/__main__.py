@@ -196,7 +196,9 @@ def run_section(section: str, args: argparse.Namespace) -> Any:
             log=log,
         )
     if section == "memory":
-        return memory.run(quick=quick, log=log)
+        figures = memory.run(quick=quick, log=log)
+        figures["layouts"] = memory.run_layouts(quick=quick, cache=args.cache, log=log)
+        return figures
     raise ValueError(section)
 
 

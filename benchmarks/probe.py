@@ -5,6 +5,11 @@ loading and again after the last denoising step, so one run yields three peaks: 
 denoising, decoding. A fresh process per configuration keeps one run's allocator state out of
 the next one's figure.
 
+RSS is split as the kernel counts it (/proc/self/status): RssFile, pages of files mapped into the
+process (a safetensors checkpoint is memory-mapped, and tensors that stay views of it stay
+file-backed), and RssAnon, memory of its own. Both count in VmRSS and in a container's memory
+limit. A thread samples the split while loading and generating, for the peak of each part.
+
     python -m benchmarks.probe --task text2image --model random:sd21 --dtype bfloat16 --size 512
 """
 
@@ -15,6 +20,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,13 +28,94 @@ from typing import Any
 MIB = 1024 * 1024
 
 
+STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+MODELS = ("unet", "vae", "text_encoder", "image_encoder")  # a pipeline's components that hold weights
+
+
 def memory_mib() -> dict[str, float]:
     status = Path("/proc/self/status").read_text()
     out = {}
-    for key in ("VmRSS", "VmHWM"):
+    for key in STATUS_KEYS:
         match = re.search(rf"{key}:\s+(\d+) kB", status)
         out[key] = int(match.group(1)) / 1024 if match else float("nan")
     return out
+
+
+class SplitPeaks:
+    """The largest RssAnon and RssFile seen, sampled every `interval` s by a thread.
+
+    VmHWM is exact but has no split; the sampled peaks may miss a spike shorter than `interval`.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.anon = self.file = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.take()
+            if self._stop.wait(self.interval):
+                return
+
+    def take(self) -> None:
+        now = memory_mib()
+        self.anon = max(self.anon, now["RssAnon"])
+        self.file = max(self.file, now["RssFile"])
+
+    def reset(self) -> dict[str, float]:
+        """The peaks so far (a last sample included); then start again from the current figures."""
+        self.take()
+        peaks = {"anon": self.anon, "file": self.file}
+        self.anon = self.file = 0.0
+        return peaks
+
+    def __enter__(self) -> SplitPeaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def settle(*, trim: bool = False) -> dict[str, float]:
+    """RSS once the load's garbage is collected; with `trim`, also once the allocator has handed
+    its free pages back (malloc_trim: the service does not, so a generation never starts there)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    if trim:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    time.sleep(0.5)
+    return memory_mib()
+
+
+def copy_weights_to_anonymous(pipe: Any) -> int:
+    """Replace every tensor of the pipeline's models by a copy in the process's own memory, so no
+    weight stays a view of a memory-mapped file; returns how many were file views before."""
+    import torch
+
+    copied = 0
+    for name in MODELS:
+        model = getattr(pipe, name, None)
+        if model is None:
+            continue
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for key, tensor in table.items():
+                    if tensor is None:
+                        continue
+                    clone = tensor.detach().clone()
+                    if isinstance(tensor, torch.nn.Parameter):
+                        clone = torch.nn.Parameter(clone, requires_grad=False)
+                    table[key] = clone
+                    copied += 1
+    return copied
 
 
 def reset_peak() -> bool:
@@ -56,10 +143,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
         "--phase",
-        choices=("all", "denoise", "decode"),
+        choices=("all", "denoise", "decode", "load"),
         default="all",
         help="image2video: denoise only (latents out) or decode only (random latents in), each in "
-        "bounded time; 'all' runs the whole pipeline",
+        "bounded time; 'all' runs the whole pipeline; 'load' (either task): load, settle, no generation",
+    )
+    p.add_argument(
+        "--anonymous-weights",
+        action="store_true",
+        help="after loading, copy every weight into the process's own memory (no file-backed "
+        "pages): what a container must hold when the mapped checkpoint pages are dropped",
     )
     return p.parse_args(argv)
 
@@ -84,34 +177,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     registry = ModelRegistry(device=args.device, dtype=args.dtype, tuning=tuning)
     handle = registry.handle(args.task, args.model)
-    t0 = time.perf_counter()
-    model = handle.load()
-    load_s = time.perf_counter() - t0
-    after_load = memory_mib()
-    result: dict[str, Any] = {
-        "task": args.task,
-        "model": args.model,
-        "device": registry.placement_for(args.task).device,
-        "dtype": registry.placement_for(args.task).dtype_name,
-        "tuning": registry.tuning_for(args.task).as_dict(),
-        "threads": torch.get_num_threads(),
-        "import_s": t0 - started,
-        "load_s": load_s,
-        "rss_after_load_mib": after_load["VmRSS"],
-        "peak_load_mib": after_load["VmHWM"],
-        "weights_mib": sum(
-            p.numel() * p.element_size()
-            for m in (getattr(model.pipe, n, None) for n in ("unet", "vae", "text_encoder", "image_encoder"))
-            if m is not None
-            for p in m.parameters()
-        )
-        / MIB,
-        "runs": [],
-    }
-    height, width = _size(args.size)
-    run = _generate if args.phase == "all" else _video_phase
-    for _ in range(args.repeat):
-        result["runs"].append(run(model, args, height, width))
+    with SplitPeaks() as split:
+        t0 = time.perf_counter()
+        model = handle.load()
+        load_s = time.perf_counter() - t0
+        after_load = memory_mib()
+        load_split = split.reset()
+        placement = registry.placement_for(args.task)
+        result: dict[str, Any] = {
+            "task": args.task,
+            "model": args.model,
+            "device": placement.device,
+            "dtype": placement.dtype_name,
+            "tuning": registry.tuning_for(args.task).as_dict(),
+            "threads": torch.get_num_threads(),
+            "import_s": t0 - started,
+            "load_s": load_s,
+            **_split("rss_after_load", after_load),
+            "peak_load_mib": after_load["VmHWM"],
+            "peak_load_anon_mib": load_split["anon"],
+            "peak_load_file_mib": load_split["file"],
+            **_split("rss_settled", settle()),
+            "weights_mib": sum(
+                p.numel() * p.element_size()
+                for m in (getattr(model.pipe, n, None) for n in MODELS)
+                if m is not None
+                for p in m.parameters()
+            )
+            / MIB,
+            "runs": [],
+        }
+        if args.anonymous_weights:
+            result["weights_copied"] = copy_weights_to_anonymous(model.pipe)
+            result.update(_split("rss_anonymous_weights", settle()))
+            reset_peak()
+        split.reset()
+        if args.phase == "load":
+            result.update(_split("rss_trimmed", settle(trim=True)))
+            return result
+        height, width = _size(args.size)
+        run = _generate if args.phase == "all" else _video_phase
+        for _ in range(args.repeat):
+            result["runs"].append(run(model, args, height, width))
+        inference_split = split.reset()
     runs = result["runs"]
     result["peak_denoise_mib"] = max(r["peak_denoise_mib"] for r in runs)
     result["peak_decode_mib"] = max(r["peak_decode_mib"] for r in runs)
@@ -120,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for v in (result["peak_denoise_mib"], result["peak_decode_mib"])
         if v == v  # not NaN
     )
+    result["peak_inference_anon_mib"] = inference_split["anon"]
+    result["peak_inference_file_mib"] = inference_split["file"]
     result["peak_total_mib"] = max(result["peak_load_mib"], result["peak_inference_mib"])
     if registry.placement_for(args.task).device == "cuda":
         result["cuda_peak_allocated_mib"] = max(
@@ -127,6 +237,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         result["cuda_peak_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
     return result
+
+
+def _split(prefix: str, mem: dict[str, float]) -> dict[str, float]:
+    """VmRSS and its two parts, as `prefix_mib`, `prefix_anon_mib`, `prefix_file_mib`."""
+    return {
+        f"{prefix}_mib": mem["VmRSS"],
+        f"{prefix}_anon_mib": mem["RssAnon"],
+        f"{prefix}_file_mib": mem["RssFile"],
+    }
 
 
 def _generate(model: Any, args: argparse.Namespace, height: int | None, width: int | None) -> dict[str, Any]:

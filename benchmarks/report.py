@@ -154,10 +154,43 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
         ]
         header = ["configuration", "dtype", "weights", "RSS after load", "peak RSS denoising"]
         header += ["peak RSS decoding", "peak RSS", "time", "CUDA peak", ""]
-        return [("Peak memory, a fresh process for each row", header, rows)]
+        tables = [("Peak memory, a fresh process for each row", header, rows)]
+        if f.get("layouts"):
+            tables.append(_layouts_table(f["layouts"]))
+        return tables
     if section == "backends":
         return [_backends_table(run) for run in f]
     return []
+
+
+def _layouts_table(layouts: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """Preset vs saved folders: RSS as anonymous + file-backed (memory-mapped weight pages)."""
+
+    def split(r: dict[str, Any], prefix: str) -> str:
+        total = r.get(f"{prefix}_mib")
+        if total is None:
+            return "-"
+        return (
+            f"{_mib(total)} ({_mib(r.get(f'{prefix}_anon_mib'))} + {_mib(r.get(f'{prefix}_file_mib'))} file)"
+        )
+
+    rows = [
+        [
+            r["label"],
+            r["layout"],
+            f"{_mib(r['peak_load_mib'])} (file {_mib(r['peak_load_file_mib'])})",
+            split(r, "rss_settled"),
+            split(r, "rss_anonymous_weights"),
+            _mib(r["peak_denoise_mib"]),
+            _mib(r["peak_decode_mib"]),
+            "error" if r.get("error") else "",
+        ]
+        for r in layouts["rows"]
+    ]
+    files = ", ".join(f"{name} {gib:.2f} GiB" for name, gib in layouts.get("files_gib", {}).items())
+    header = ["configuration", "weights from", "peak RSS loading", "RSS after load (anon + file)"]
+    header += ["weights copied to anonymous memory", "peak RSS denoising", "peak RSS decoding", ""]
+    return (f"Preset in memory vs saved folders (safetensors: {files})", header, rows)
 
 
 def _backends_table(run: dict[str, Any]) -> tuple[str, list[str], list[list[str]]]:

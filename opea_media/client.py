@@ -19,10 +19,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import __version__
+from .config import FINAL_JOB_STATES, JOBS_PATH
 from .errors import OpeaMediaError, ServiceUnreachable, Unauthorized, error_for_status
 
-JOBS_PATH = "/v1/jobs"
-FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 # The service sends a comment every 15 s on a quiet event stream: silence this long is a lost one.
 STREAM_TIMEOUT = 60.0
 RECONNECTS = 3  # a broken event stream is opened again (the current state comes first) this often
@@ -85,7 +84,7 @@ class JobsClient:
                 for job in self._events(job_id):
                     attempts = 0
                     yield job
-                    if job["state"] in FINAL_STATES:
+                    if job["state"] in FINAL_JOB_STATES:
                         return
             except ServiceUnreachable:
                 if attempts >= RECONNECTS:

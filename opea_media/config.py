@@ -29,6 +29,11 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 DEFAULT_PORTS: dict[Task, int] = {"text2image": 9379, "image2video": 9369}
 
+# The jobs API, as the services serve it and the CLI's --server client calls it.
+JOBS_PATH = "/v1/jobs"
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_JOB_STATES = JOB_STATES[2:]
+
 # Seconds to download one image URL, redirects included (the CLI's and the services' default).
 DEFAULT_FETCH_TIMEOUT = 15.0
 

@@ -24,12 +24,14 @@ class OpeaMediaError(Exception):
     """Base class: a failure with a message written for a person.
 
     `retry_after`: seconds after which the same request may succeed (503s); None: retrying will
-    not help. `headers`: what an HTTP answer adds besides Retry-After.
+    not help. `headers`: what an HTTP answer adds besides Retry-After. `closes_connection`: the
+    service answers, then closes the connection (what is left of the request will not come).
     """
 
     http_status = 500
     exit_code = EXIT_MODEL_FAILURE
     headers: Mapping[str, str] = _NO_HEADERS
+    closes_connection = False
 
     def __init__(self, detail: str, *, retry_after: int | None = None) -> None:
         super().__init__(detail)
@@ -91,12 +93,31 @@ class QueueFull(ServiceBusy):
     pass
 
 
+class BodyBudgetFull(ServiceBusy):
+    """The request bodies being received now hold all the memory set aside for bodies."""
+
+
+class BodyTimeout(OpeaMediaError):
+    """The request body did not arrive in time: 408, and the connection is closed."""
+
+    http_status = 408
+    exit_code = EXIT_INVALID_INPUT
+    closes_connection = True
+
+
 class ShuttingDown(ServiceBusy):
     """The service stopped admitting work; another replica (or this one, restarted) can take it."""
 
     def __init__(
         self, detail: str = "the service is shutting down; retry shortly", *, retry_after: int = 5
     ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+
+
+class StoreUnavailable(ServiceBusy):
+    """The jobs database (PostgreSQL) cannot be reached; its message names host:port, never a password."""
+
+    def __init__(self, detail: str, *, retry_after: int = 5) -> None:
         super().__init__(detail, retry_after=retry_after)
 
 

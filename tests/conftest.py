@@ -49,8 +49,9 @@ def server_client(aiohttp_client, tmp_path_factory):  # type: ignore[no-untyped-
     """Factory: an in-process test client for create_app(ServerConfig(**options), model_handle=handle).
 
     Waits until /health says the model is ready unless wait_ready=False. The server runs as
-    web.run_app runs it: aiohttp's test server would cancel handlers when a client disconnects,
-    which production does not, and the service must notice disconnects on its own.
+    `serve` runs it (server/serving.py): aiohttp's test server would cancel handlers when a client
+    disconnects, which production does not, and the service must notice disconnects on its own.
+    Only the connection cap is not there (tests/test_server_connections.py serves the real way).
     """
     import asyncio
 
@@ -58,22 +59,21 @@ def server_client(aiohttp_client, tmp_path_factory):  # type: ignore[no-untyped-
     from aiohttp.test_utils import TestServer
 
     from opea_media.server.app import create_app
-    from opea_media.server.config import KEEPALIVE_TIMEOUT, ServerConfig
+    from opea_media.server.config import ServerConfig
+    from opea_media.server.keys import CONFIG
 
     class ProductionTestServer(TestServer):
-        keepalive_timeout = KEEPALIVE_TIMEOUT  # what `serve` passes to web.run_app
-
         async def _make_runner(self, **kwargs):  # type: ignore[no-untyped-def]
-            kwargs["handler_cancellation"] = False  # web.run_app's default
-            kwargs["keepalive_timeout"] = self.keepalive_timeout
+            kwargs["handler_cancellation"] = False  # what serving() leaves it at
+            kwargs["keepalive_timeout"] = self.app[CONFIG].keepalive_timeout
+            kwargs["lingering_time"] = self.app[CONFIG].body_timeout
             return web.AppRunner(self.app, **kwargs)
 
-    async def make(handle=None, *, wait_ready: bool = True, keepalive_timeout=KEEPALIVE_TIMEOUT, **options):  # type: ignore[no-untyped-def]
+    async def make(handle=None, *, wait_ready: bool = True, **options):  # type: ignore[no-untyped-def]
         # Each app its own data folder: a SQLite jobs store belongs to one service at a time.
         options.setdefault("data_dir", tmp_path_factory.mktemp("data"))
         app = create_app(ServerConfig(**options), model_handle=handle)
         server = ProductionTestServer(app)
-        server.keepalive_timeout = keepalive_timeout
         client = await aiohttp_client(server)
         if wait_ready:
             for _ in range(600):

@@ -79,6 +79,8 @@ async def test_a_job_runs_to_the_same_image_the_synchronous_endpoint_makes(
     assert job["state"] in ("queued", "running") and job["request"]["seed"] == 7
     done = await finished(client, job["id"])
     assert done["state"] == "succeeded" and done["attempts"] == 1
+    metrics = await (await client.get("/metrics")).text()
+    assert 'opea_media_stored_jobs_finished_total{state="succeeded"} 1.0' in metrics
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
     (file,) = done["result"]["files"]
     assert file["format"] == "png" and file["seed"] == 7 and done["result"]["seeds"] == [7]

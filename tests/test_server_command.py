@@ -217,3 +217,15 @@ def test_bad_values_are_one_line_whether_flag_or_variable(configs: list[ServerCo
         ServerConfig(max_queue=0)
     with pytest.raises(InvalidInput, match="api_key must not be blank"):
         ServerConfig(api_key="  ")
+
+
+def test_the_limits_on_bodies_and_connections(configs: list[ServerConfig]) -> None:
+    flags = ("--max-body-budget-mib", "100", "--body-timeout", "12.5", "--keepalive-timeout", "9")
+    assert serve(*flags, "--max-connections", "64").exit_code == 0
+    env = {"OPEA_MEDIA_MAX_BODY_BUDGET_MIB": "100", "OPEA_MEDIA_BODY_TIMEOUT": "12.5"}
+    env |= {"OPEA_MEDIA_KEEPALIVE_TIMEOUT": "9", "OPEA_MEDIA_MAX_CONNECTIONS": "64"}
+    assert serve(env=env).exit_code == 0
+    limits = {"body_timeout": 12.5, "keepalive_timeout": 9.0, "max_connections": 64}
+    assert configs == [ServerConfig(max_body_budget_bytes=100 * MIB, **limits)] * 2  # type: ignore[arg-type]
+    result = serve("--max-body-mib", "64", "--max-body-budget-mib", "32")
+    assert result.exit_code != 0 and "must hold at least one body at the size limit" in result.output

@@ -135,6 +135,7 @@ def test_the_document_is_valid_openapi_3_1(service: str, api_key: str | None) ->
     common = {"/health", "/health/ready", "/health/live", "/metrics", "/openapi.json"}
     common |= {"/v1/health_check", "/v1/outputs/{name}"}
     common |= {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/events"}
+    common |= {"/", "/static/{name}"}  # the web page and its files
     assert paths == common | SERVICE_PATHS[service]
     operation = document["paths"][f"/v1/{service}"]["post"]
     assert ("401" in operation["responses"]) is (api_key is not None)
@@ -189,7 +190,7 @@ def test_text_and_image_limits() -> None:
 def test_every_error_response_has_the_error_body_and_503_has_retry_after(service: str) -> None:
     document = _document(service, api_key="k")
     operation = document["paths"][f"/v1/{service}"]["post"]["responses"]
-    assert set(operation) == {"200", "400", "401", "413", "415", "500", "503", "504"}
+    assert set(operation) == {"200", "400", "401", "408", "413", "415", "500", "503", "504"}
     for status, response in operation.items():
         if status == "200":
             continue

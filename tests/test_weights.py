@@ -66,6 +66,54 @@ def test_a_16_bit_run_reads_the_fp16_files_and_a_32_bit_run_the_full_ones(
     assert _loaded_mark(folders["full"], "bfloat16", cache_dir) == (0.25, torch.bfloat16)
 
 
+COMPONENTS = ("unet", "vae", "text_encoder", "image_encoder")
+
+
+def _first_weights(pipe: Any) -> dict[str, torch.Tensor]:
+    """The first parameter of each model in the pipeline, by component."""
+    models = {name: getattr(pipe, name, None) for name in COMPONENTS}
+    return {name: next(m.parameters()).detach() for name, m in models.items() if m is not None}
+
+
+def _save_both_marked(pipe: Any, folder: Path) -> None:
+    """Full-precision files marked 0.25 and fp16 files marked 0.5 in every component, side by side."""
+    import copy
+
+    pipe = copy.deepcopy(pipe)
+    for mark, variant in ((0.25, None), (0.5, "fp16")):
+        if variant:
+            pipe = pipe.to(torch.float16)
+        with torch.no_grad():
+            for weight in _first_weights(pipe).values():
+                weight[(0,) * weight.ndim] = mark
+        _save(pipe, folder, variant=variant)
+
+
+def test_a_16_bit_run_reads_every_component_from_its_fp16_file_where_it_has_one(
+    tiny_t2i: Any, tiny_i2v: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    # Half the bytes to read and map: a bfloat16 load from the fp16 files peaks lower (docs/performance.md).
+    def loaded(task: str, folder: Path, dtype: str) -> dict[str, tuple[float, torch.dtype]]:
+        model = ModelRegistry(device="cpu", dtype=dtype, cache_dir=cache_dir).handle(task, str(folder)).load()
+        return {name: (float(w[(0,) * w.ndim]), w.dtype) for name, w in _first_weights(model.pipe).items()}
+
+    # SVD-XT as its Hub repo has it, both sets; image2video's auto dtype is bfloat16 on every CPU.
+    svd = tmp_path / "svd"
+    _save_both_marked(tiny_i2v.pipe, svd)
+    assert loaded("image2video", svd, "auto") == {
+        name: (0.5, torch.bfloat16) for name in ("unet", "vae", "image_encoder")
+    }
+    # A set of fp16 files without the text encoder's: the others still come from theirs.
+    sd = tmp_path / "sd"
+    _save_both_marked(tiny_t2i.pipe, sd)
+    (sd / "text_encoder" / "model.fp16.safetensors").unlink()
+    assert loaded("text2image", sd, "bfloat16") == {
+        "unet": (0.5, torch.bfloat16),
+        "vae": (0.5, torch.bfloat16),
+        "text_encoder": (0.25, torch.bfloat16),
+    }
+
+
 def test_pickle_weights_are_refused_unless_allowed(tiny_t2i: Any, tmp_path: Path, cache_dir: Path) -> None:
     folder = tmp_path / "pickles"
     _save(tiny_t2i.pipe, folder, safe=False)  # diffusers writes .bin; transformers keeps safetensors
@@ -172,3 +220,38 @@ async def test_health_says_why_the_model_did_not_load(
         await asyncio.sleep(0.05)
     assert body["status"] == "failed"
     assert "no file named config.json" in body["detail"] and str(folders["full"] / "vae") in body["detail"]
+
+
+def _resident_kb(folder: Path) -> int:
+    """Resident kB of this process's mappings of the weight files under `folder`."""
+    from opea_media.models.mapped import weight_mappings
+
+    mappings = weight_mappings(Path("/proc/self/smaps").read_text())
+    return sum(m.resident_kb for m in mappings if m.path.startswith(str(folder)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux's /proc/PID/smaps")
+def test_a_load_leaves_no_resident_pages_of_the_weight_files_and_the_weights_read_back(
+    folders: dict[str, Path], cache_dir: Path
+) -> None:
+    # float32 from full files: weights stay views of the mapped files, the conv weights are copied
+    # (channels_last); the pages the load touched are dropped, a weight still mapped reads back.
+    model = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache_dir).text2image(str(folders["full"]))
+    assert _resident_kb(folders["full"]) == 0
+    assert float(model.pipe.unet.conv_in.bias[0].detach()) == 0.25
+
+
+def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
+    from opea_media.models.mapped import Mapping, weight_mappings
+
+    smaps = (
+        "7f0000000000-7f0000004000 r--p 00000000 fe:00 1 /m/unet/diffusion_pytorch_model.safetensors\n"
+        "Rss:                  16 kB\nAnonymous:             0 kB\n"
+        "7f0000004000-7f0000006000 rw-p 00000000 fe:00 2 /m/vae/diffusion_pytorch_model.fp16.safetensors\n"
+        "Anonymous:             4 kB\n"
+        "7f0000006000-7f0000007000 r--p 00000000 fe:00 3 /usr/lib/libc.so.6\nAnonymous:             0 kB\n"
+    )
+    assert weight_mappings(smaps) == [
+        Mapping("/m/unet/diffusion_pytorch_model.safetensors", 0x7F0000000000, 0x4000, resident_kb=16),
+        Mapping("/m/vae/diffusion_pytorch_model.fp16.safetensors", 0x7F0000004000, 0x2000, written_kb=4),
+    ]

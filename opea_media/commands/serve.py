@@ -15,12 +15,16 @@ from ..config import DEFAULT_MODELS, TASKS, Task, envvar
 from ..errors import OpeaMediaError
 from ..models.tuning import Tuning, prepare_threading
 from ..server.config import (
+    BODY_BUDGET_BODIES,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_FETCH_TIMEOUT,
     DEFAULT_HOST,
     DEFAULT_JOB_LEASE,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_QUEUE,
     DEFAULT_OUTPUT_MAX_BYTES,
     DEFAULT_OUTPUT_RETENTION,
@@ -116,6 +120,34 @@ EXIT_CANNOT_START = 1
     help="Largest request body in MiB; larger ones get 413. Base64 adds a third to an image's size.",
 )
 @click.option(
+    "--max-body-budget-mib",
+    type=click.IntRange(1, 64 * 1024),
+    default=None,
+    help="MiB of request bodies held in memory at once; a request past it gets 503 with Retry-After "
+    "before its body is read. A body reserves its Content-Length, or --max-body-mib when the length "
+    f"is not known (chunked, compressed). Default: {BODY_BUDGET_BODIES} x --max-body-mib.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BODY_TIMEOUT,
+    help="Seconds a request body may take to arrive in full; then 408 and the connection is closed.",
+)
+@click.option(
+    "--keepalive-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_KEEPALIVE_TIMEOUT,
+    help="Seconds before a connection idle between requests, or still sending its request headers, "
+    "is closed. Keep it above the idle timeout of a load balancer in front.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=DEFAULT_MAX_CONNECTIONS,
+    help="Connections open at once; one more is answered 503 (Retry-After, Connection: close) and "
+    "closed before its request is read. Keep it below the process's open-file limit.",
+)
+@click.option(
     "--shutdown-grace",
     type=click.FloatRange(min=0),
     default=DEFAULT_SHUTDOWN_GRACE,
@@ -203,6 +235,10 @@ def serve(
     allow_private_urls: bool,
     allowed_url_hosts: str,
     max_body_mib: int,
+    max_body_budget_mib: int | None,
+    body_timeout: float,
+    keepalive_timeout: float,
+    max_connections: int,
     shutdown_grace: float,
     fetch_timeout: float,
     data_dir: Path | None,
@@ -238,6 +274,10 @@ def serve(
         allow_private_urls=allow_private_urls,
         allowed_url_hosts=_comma_list(allowed_url_hosts),
         max_body_bytes=max_body_mib * MIB,
+        max_body_budget_bytes=None if max_body_budget_mib is None else max_body_budget_mib * MIB,
+        body_timeout=body_timeout,
+        keepalive_timeout=keepalive_timeout,
+        max_connections=max_connections,
         shutdown_grace=shutdown_grace,
         fetch_timeout=fetch_timeout,
         tuning=Tuning(**levers),
@@ -260,14 +300,12 @@ def _comma_list(text: str) -> tuple[str, ...]:
 
 def run(config: ServerConfig) -> None:
     """Build the app from `config` and serve it until SIGTERM/SIGINT (exit 0 after draining)."""
-    from aiohttp import web
-
     from ..media.store import OutputStore
     from ..server.app import create_app, listening_socket
-    from ..server.config import KEEPALIVE_TIMEOUT
     from ..server.job_store import open_store
     from ..server.logs import configure_logging
-    from ..server.shutdown import CLOSE_TIMEOUT, drain_on_signals
+    from ..server.serving import serve_forever
+    from ..server.shutdown import drain_on_signals
 
     # Before anything imports torch (the worker thread does, to load the model): OpenMP reads it once.
     prepare_threading(config.tuning.omp_wait_policy)
@@ -305,6 +343,8 @@ def run(config: ServerConfig) -> None:
             "max_queue": config.max_queue,
             "max_batch_size": config.max_batch_size,
             "request_timeout": config.request_timeout,
+            "body_budget_mib": config.body_budget_bytes / MIB,
+            "max_connections": config.max_connections,
             "auth": "api key" if config.api_key else "off",
             "allow_private_urls": config.allow_private_urls,
             "allowed_url_hosts": list(config.allowed_url_hosts),
@@ -315,13 +355,5 @@ def run(config: ServerConfig) -> None:
             "tuning": dataclasses.asdict(config.tuning),
         },
     )
-    web.run_app(
-        app,
-        sock=sock,
-        shutdown_timeout=CLOSE_TIMEOUT,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
-        access_log=None,  # the access middleware writes JSON access lines with request ids
-        print=lambda _banner: log.info("listening on %s", url, extra={"url": url}),
-        handle_signals=True,
-    )
+    serve_forever(app, sock, on_listening=lambda: log.info("listening on %s", url, extra={"url": url}))
     log.info("stopped")

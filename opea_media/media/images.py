@@ -9,6 +9,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
+from typing import NoReturn
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -61,7 +62,6 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 RESPONSE_PNG_COMPRESS_LEVEL = 1
 FILE_PNG_COMPRESS_LEVEL = 6
 
-_DATA_URI = re.compile(r"data:(?P<header>[^,]*),(?P<payload>.*)", re.DOTALL | re.IGNORECASE)
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _WHITESPACE = re.compile(r"\s+")
@@ -188,7 +188,12 @@ def is_data_uri(text: str) -> bool:
 
 
 def decode_base64_image(text: str, *, field: str) -> bytes:
-    """Bytes from a `data:image/...;base64,` URI or bare base64 (standard or URL-safe)."""
+    """Bytes from a `data:image/...;base64,` URI or bare base64 (standard or URL-safe).
+
+    Megabytes of it are common, and this runs in the I/O threads beside the event loop: every
+    pass over the text is a bytes method (not a regex, 20-50x slower, holding the GIL for a
+    second on 25 MB), and the decoding goes in slices between which the GIL is free.
+    """
     if not isinstance(text, str):
         raise InvalidInput(f"must be a base64 string, got {type(text).__name__}", field=field)
     payload = text.strip()
@@ -196,51 +201,90 @@ def decode_base64_image(text: str, *, field: str) -> bytes:
         raise InvalidInput("is empty", field=field)
     if is_data_uri(payload):
         payload = _data_uri_payload(payload, field)
-    payload = _WHITESPACE.sub("", payload)  # wrapped base64 (MIME, PEM style) is common
-    if not payload:
+    data = _ascii_without_whitespace(payload, field)  # wrapped base64 (MIME, PEM style) is common
+    if not data:
         raise InvalidInput("contains no base64 data", field=field)
     # Refuse before decoding: the decoded size follows from the length.
     limit_chars = (MAX_INPUT_BYTES + 2) // 3 * 4
-    if len(payload) > limit_chars:
+    if len(data) > limit_chars:
         raise InvalidInput(
-            f"decodes to about {len(payload) * 3 // 4} bytes; the limit is {MAX_INPUT_BYTES} bytes",
+            f"decodes to about {len(data) * 3 // 4} bytes; the limit is {MAX_INPUT_BYTES} bytes",
             field=field,
         )
-    if "-" in payload or "_" in payload:
-        if "+" in payload or "/" in payload:
+    if b"-" in data or b"_" in data:
+        if b"+" in data or b"/" in data:
             raise InvalidInput("mixes the standard and URL-safe base64 alphabets", field=field)
-        payload = payload.translate(str.maketrans("-_", "+/"))
-    bad = _NOT_BASE64.search(payload)
+        data = data.translate(_URL_SAFE_TO_STANDARD)
+    bad = data.translate(None, _BASE64_CHARACTERS)
     if bad:
-        raise InvalidInput(
-            f"is not valid base64: {bad.group()!r} at position {bad.start()} is not a base64 character",
-            field=field,
-        )
-    core = payload.rstrip("=")
-    if "=" in core or len(payload) - len(core) > 2 or len(core) % 4 == 1:
+        _refuse_character(data, bad, field)
+    core = data.rstrip(b"=")
+    if b"=" in core or len(data) - len(core) > 2 or len(core) % 4 == 1:
         raise InvalidInput("is not valid base64: its length or '=' padding is wrong", field=field)
+    whole = memoryview(core + b"=" * (-len(core) % 4))
     try:
-        data = base64.b64decode(core + "=" * (-len(core) % 4), validate=True)
+        decoded = b"".join(
+            binascii.a2b_base64(whole[at : at + _BASE64_SLICE], strict_mode=True)
+            for at in range(0, len(whole), _BASE64_SLICE)
+        )
     except binascii.Error:
         raise InvalidInput("is not valid base64", field=field) from None
-    if not data:
+    if not decoded:
         raise InvalidInput("decodes to no data", field=field)
-    if len(data) > MAX_INPUT_BYTES:
-        raise InvalidInput(f"decodes to {len(data)} bytes; the limit is {MAX_INPUT_BYTES} bytes", field=field)
-    return data
+    if len(decoded) > MAX_INPUT_BYTES:
+        raise InvalidInput(
+            f"decodes to {len(decoded)} bytes; the limit is {MAX_INPUT_BYTES} bytes", field=field
+        )
+    return decoded
+
+
+# Characters of base64 handled per call (a multiple of 4): about a millisecond each.
+_BASE64_SLICE = 1024 * 1024
+_BASE64_CHARACTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+_URL_SAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_ASCII_WHITESPACE = bytes(c for c in range(128) if chr(c).isspace())  # what \s is among them
+
+
+def _ascii_without_whitespace(payload: str, field: str) -> bytes:
+    try:
+        return b"".join(
+            payload[at : at + _BASE64_SLICE].encode("ascii").translate(None, _ASCII_WHITESPACE)
+            for at in range(0, len(payload), _BASE64_SLICE)
+        )
+    except UnicodeEncodeError:
+        pass
+    # Rare, and never valid unless what is not ASCII is whitespace: the slow, exact way.
+    payload = _WHITESPACE.sub("", payload)
+    if payload.isascii():
+        return payload.encode("ascii")
+    bad = _NOT_BASE64.search(payload)
+    assert bad is not None
+    raise InvalidInput(
+        f"is not valid base64: {bad.group()!r} at position {bad.start()} is not a base64 character",
+        field=field,
+    )
+
+
+def _refuse_character(data: bytes, bad: bytes, field: str) -> NoReturn:
+    position = min(data.find(bytes([c])) for c in set(bad))
+    raise InvalidInput(
+        f"is not valid base64: {chr(data[position])!r} at position {position} is not a base64 character",
+        field=field,
+    )
 
 
 def _data_uri_payload(text: str, field: str) -> str:
-    match = _DATA_URI.fullmatch(text)
-    if not match:
+    # partition, not a regex: the text after the comma is megabytes long.
+    header, comma, payload = text[len("data:") :].partition(",")
+    if not comma:
         raise InvalidInput("is a data URI without a ',' before the data", field=field)
-    params = [p.strip().lower() for p in match.group("header").split(";")]
+    params = [p.strip().lower() for p in header.split(";")]
     media_type = params[0] or "text/plain"  # RFC 2397's default
     if not media_type.startswith("image/"):
         raise InvalidInput(f"is a data URI of type {media_type!r}; expected image/*", field=field)
     if "base64" not in params[1:]:
         raise InvalidInput("is a data URI that is not base64-encoded (needs ';base64,')", field=field)
-    return match.group("payload")
+    return payload
 
 
 def encode_png(

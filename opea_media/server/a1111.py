@@ -49,6 +49,7 @@ from .a1111_wire import (
     find_sampler,
     schedule_note,
 )
+from .bodies import body_done
 from .jobs import EditRequest, Payload
 from .keys import CONFIG, IO_POOL, WORKER
 from .running import admitted, before_deadline, each, encoded_response, run_job
@@ -146,10 +147,10 @@ async def _answer(
 
 async def txt2img(request: web.Request) -> web.Response:
     app = request.app
-    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
+    config, worker = app[CONFIG], app[WORKER]
     async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(request, Txt2ImgRequest, pool, max_bytes=config.max_body_bytes)
+            body = await read_json_body(request, Txt2ImgRequest)
         size = (body.width, body.height) if body.width and body.height else None
         params, notes = _params(body, size=size, strength=None)
         params = worker.model.complete(params)
@@ -158,31 +159,11 @@ async def txt2img(request: web.Request) -> web.Response:
 
 async def img2img(request: web.Request) -> web.Response:
     app = request.app
-    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
+    config, worker = app[CONFIG], app[WORKER]
     async with admitted(request) as deadline:
-        policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(request, Img2ImgRequest, pool, max_bytes=config.max_body_bytes)
-            image = await load_image(
-                body.init_images[0],
-                field="init_images[0]",
-                policy=policy,
-                fetch_timeout=config.fetch_timeout,
-                pool=pool,
-            )
-            mask = None
-            if body.mask:
-                data = await source_bytes(
-                    body.mask,
-                    field="mask",
-                    policy=policy,
-                    fetch_timeout=config.fetch_timeout,
-                    files=False,
-                    pool=pool,
-                )
-                mask = await _in_pool(request, decode_mask, data, source="mask")
-                if body.inpainting_mask_invert:
-                    mask = mask.point(lambda v: 255 - v)
+            body, image, mask = await _img2img_inputs(request)
+        body_done(request)
         size = (body.width, body.height) if body.width and body.height else None
         if size is None:
             native_height, native_width = worker.model.native_size
@@ -193,6 +174,32 @@ async def img2img(request: web.Request) -> web.Response:
         )
         params = worker.model.complete(params)
         return await _answer(request, body, params, EditRequest(params, (image,), mask), notes, deadline)
+
+
+async def _img2img_inputs(request: web.Request) -> tuple[Img2ImgRequest, Image.Image, Image.Image | None]:
+    """The body without its base64 (the answer echoes everything else), its image and its mask."""
+    config, pool = request.app[CONFIG], request.app[IO_POOL]
+    policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
+    body = await read_json_body(request, Img2ImgRequest, holds_body=True)
+    image = await load_image(
+        body.init_images[0],
+        field="init_images[0]",
+        policy=policy,
+        fetch_timeout=config.fetch_timeout,
+        pool=pool,
+    )
+    mask = None
+    if body.mask:
+        data = await source_bytes(
+            body.mask, field="mask", policy=policy, fetch_timeout=config.fetch_timeout, files=False, pool=pool
+        )
+        mask = await _in_pool(request, _decode_mask, data, invert=bool(body.inpainting_mask_invert))
+    return body.model_copy(update={"init_images": [], "mask": None}), image, mask
+
+
+def _decode_mask(data: bytes, *, invert: bool) -> Image.Image:
+    mask = decode_mask(data, source="mask")
+    return mask.point(lambda v: 255 - v) if invert else mask
 
 
 def _timestamp(wall: float) -> str:
@@ -253,8 +260,7 @@ async def get_options(request: web.Request) -> web.Response:
 
 async def set_options(request: web.Request) -> web.Response:
     """Any options object is taken; a checkpoint must be the loaded model (there is one). null."""
-    config = request.app[CONFIG]
-    body = await read_json_body(request, OptionsUpdate, request.app[IO_POOL], max_bytes=config.max_body_bytes)
+    body = await read_json_body(request, OptionsUpdate)
     wanted = body.sd_model_checkpoint
     ref = _title(request)
     if wanted is not None and wanted not in (ref, ref.rstrip("/").rsplit("/", 1)[-1]):

@@ -20,10 +20,23 @@ from aiohttp.typedefs import Middleware
 from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
+from .allocator import Trimmer
+from .bodies import BodyBudget, body_budget_middleware
 from .config import ServerConfig
 from .job_runner import jobs_context
 from .job_store import SqlJobStore
-from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, OUTPUTS, ROUTE_OF, STARTED_AT, WORKER
+from .keys import (
+    ADMISSION,
+    BODY_BUDGET,
+    CONFIG,
+    IO_POOL,
+    METRICS,
+    OPENAPI,
+    OUTPUTS,
+    ROUTE_OF,
+    STARTED_AT,
+    WORKER,
+)
 from .metrics import Metrics
 from .middleware import access_middleware, api_key_middleware, cors_headers, cors_middleware, error_middleware
 from .openapi import openapi_document
@@ -73,6 +86,7 @@ def create_app(
     middlewares.append(error_middleware)
     if config.api_key:
         middlewares.append(api_key_middleware(config.api_key))  # inside the error middleware: JSON 401
+    middlewares.append(body_budget_middleware)  # after the key: a refused client reserves nothing
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     if config.cors_origins:
         app.on_response_prepare.append(cors_headers(config.cors_origins))
@@ -85,6 +99,10 @@ def create_app(
     app[WORKER] = worker
     app[ADMISSION] = Admission(metrics)
     app[IO_POOL] = ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="opea-media-io")
+    trimmer = Trimmer(app[IO_POOL])
+    app[BODY_BUDGET] = BodyBudget(
+        config.body_budget_bytes, on_held=metrics.body_bytes_held.set, on_released=trimmer.released
+    )
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app[ROUTE_OF] = {
         app.router.add_route(route.method, route.path, route.handler): route

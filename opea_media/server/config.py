@@ -30,9 +30,17 @@ DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_MAX_BODY_BYTES = 32 * MIB
 DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_LOG_LEVEL = "debug"  # the spec's default for the project's own loggers
-# Seconds before aiohttp closes a connection that is idle between requests or has not finished
-# sending its request headers (a slow-headers client). A slow body is bounded by request_timeout.
-KEEPALIVE_TIMEOUT = 75.0
+# What the bodies being received at once may hold in memory, by default: this many bodies at the
+# size limit (docs/reliability.md measured what a flood of them costs).
+BODY_BUDGET_BODIES = 4
+# Seconds a request body may take to arrive in full; then 408 and the connection is closed.
+DEFAULT_BODY_TIMEOUT = 30.0
+# Seconds before a connection that is idle between requests, or has not finished sending its
+# request headers (a slow-headers client), is closed. Longer than the idle timeouts of the load
+# balancers in front (60 s for most), so that they, not the service, close idle connections.
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
+# Connections open at once; more are answered 503 and closed (server/serving.py).
+DEFAULT_MAX_CONNECTIONS = 512
 # The output folder (clips for OPEA's video_path, images for response_format=url): files live an
 # hour, and the oldest go first once the folder holds more than the budget.
 DEFAULT_OUTPUT_RETENTION = 3600.0
@@ -64,6 +72,10 @@ class ServerConfig:
     allow_private_urls: bool = False
     allowed_url_hosts: tuple[str, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_budget_bytes: int | None = None  # None: BODY_BUDGET_BODIES x max_body_bytes
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     fetch_timeout: float = DEFAULT_FETCH_TIMEOUT
     io_threads: int = 4  # image decoding and PNG encoding, off the event loop
@@ -82,6 +94,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers; "*": any origin
 
     def __post_init__(self) -> None:
+        self._check_body_and_connection_limits()
         if self.service not in TASKS:
             raise InvalidInput(f"unknown service {self.service!r}; choose one of {', '.join(TASKS)}")
         if self.device not in DEVICES:
@@ -125,6 +138,25 @@ class ServerConfig:
                 raise InvalidInput(
                     f"a CORS origin is '*' or scheme://host[:port] without a path, got {origin!r}"
                 )
+
+    def _check_body_and_connection_limits(self) -> None:
+        for name in ("body_timeout", "keepalive_timeout"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")
+        if self.max_connections < 1:
+            raise InvalidInput(f"max_connections must be at least 1, got {self.max_connections}")
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise InvalidInput(
+                f"the body budget ({self.body_budget_bytes / MIB:g} MiB) must hold at least one body "
+                f"at the size limit ({self.max_body_bytes / MIB:g} MiB)"
+            )
+
+    @property
+    def body_budget_bytes(self) -> int:
+        """What the request bodies being received at once may hold in memory."""
+        if self.max_body_budget_bytes is None:
+            return BODY_BUDGET_BODIES * self.max_body_bytes
+        return self.max_body_budget_bytes
 
     @property
     def bind_port(self) -> int:

@@ -62,6 +62,7 @@ _OPENAI_CODES = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "interrupted",
     413: "request_too_large",
     415: "unsupported_media_type",

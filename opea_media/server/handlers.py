@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from PIL import Image
 from pydantic import BaseModel
 
 from ..media.fetch import UrlPolicy
@@ -19,10 +20,11 @@ from ..media.sources import load_images
 from ..media.video import write_video
 from ..metadata import text2image_metadata
 from ..params import Image2VideoParams, Text2ImageParams, per_output, resolve_seed
+from .bodies import body_done
 from .jobs import Job, VideoRequest
 from .keys import ADMISSION, CONFIG, IO_POOL, METRICS, OPENAPI, WORKER
 from .outputs import output_path, store_file
-from .running import admitted, before_deadline, count, each, encoded_response, rounded, run_job
+from .running import admitted, before_deadline, count, each, encoded_response, outputs_made, run_job
 from .validation import read_json_body
 from .wire import (
     Alive,
@@ -110,7 +112,7 @@ async def text2image(request: web.Request) -> web.Response:
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
     async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(request, Text2ImageRequest, pool, max_bytes=config.max_body_bytes)
+            body = await read_json_body(request, Text2ImageRequest)
         requested = body.params()
         params = worker.model.complete(dataclasses.replace(requested, seed=resolve_seed(requested.seed)))
         job, images = await run_job(request, params, deadline)
@@ -133,24 +135,9 @@ async def image2video(request: web.Request) -> web.Response:
     app = request.app
     config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
     async with admitted(request) as deadline:
-        policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(request, Image2VideoRequest, pool, max_bytes=config.max_body_bytes)
-            sources = body.sources()
-            fields = [f"images_path[{i}].image_path" for i in range(len(sources))]
-            images = await load_images(
-                sources, fields=fields, policy=policy, fetch_timeout=config.fetch_timeout, pool=pool
-            )
-        requested = body.params()
-        seed = resolve_seed(requested.seed)
-        clip_params = per_output(
-            worker.model.complete(dataclasses.replace(requested, seed=seed)), len(images)
-        )
-        # Fit each upload to its clip now (the model then has nothing left to fit): a queued job
-        # holds a clip-sized image, not 16 megapixels.
-        fitted = await each(
-            pool, fit_image, *((im, p.width, p.height) for im, p in zip(images, clip_params, strict=True))
-        )
+            clip_params, fitted = await _clips_asked(request)
+        body_done(request)
         job, clips = await run_job(request, VideoRequest(tuple(fitted), tuple(clip_params)), deadline)
         frames = await each(pool, png_base64, *((frame,) for clip in clips for frame in clip))
         first = clip_params[0]
@@ -178,20 +165,36 @@ async def image2video(request: web.Request) -> web.Response:
         return await encoded_response(pool, response)
 
 
+async def _clips_asked(request: web.Request) -> tuple[list[Image2VideoParams], list[Image.Image]]:
+    """Each clip's complete parameters and its image, fitted to the clip: all a job needs. The body,
+    its base64 and the full-size images die with this call, before its body budget is released."""
+    app = request.app
+    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
+    policy = UrlPolicy(allow_private=config.allow_private_urls, allowed_hosts=config.allowed_url_hosts)
+    body = await read_json_body(request, Image2VideoRequest, holds_body=True)
+    sources = body.sources()
+    fields = [f"images_path[{i}].image_path" for i in range(len(sources))]
+    images = await load_images(
+        sources, fields=fields, policy=policy, fetch_timeout=config.fetch_timeout, pool=pool
+    )
+    requested = body.params()
+    seed = resolve_seed(requested.seed)
+    clip_params = per_output(worker.model.complete(dataclasses.replace(requested, seed=seed)), len(images))
+    # Fit each upload to its clip now (the model then has nothing left to fit): a queued job
+    # holds a clip-sized image, not 16 megapixels.
+    fitted = await each(
+        pool, fit_image, *((im, p.width, p.height) for im, p in zip(images, clip_params, strict=True))
+    )
+    return clip_params, fitted
+
+
 def _result(
     job: Job, what: str, outputs: Sequence[Text2ImageParams | Image2VideoParams], model: str
 ) -> dict[str, Any]:
     """What every OPEA success answer says: the outputs' seeds and size, the model, the timings."""
-    first = outputs[0]
     return {
         "id": job.request_id,
         "message": f"Generated {what} in {job.inference_seconds or 0.0:.2f} s",
-        "seed": first.seed,
-        "seeds": [p.seed for p in outputs],
-        "model": model,
-        "width": first.width,
-        "height": first.height,
-        "num_inference_steps": first.num_inference_steps,
-        "queue_seconds": rounded(job.queue_seconds),
-        "inference_seconds": rounded(job.inference_seconds),
+        "seed": outputs[0].seed,
+        **outputs_made(job, outputs, model),
     }

@@ -35,8 +35,8 @@ from ..metadata import text2image_metadata
 from ..params import per_output
 from .job_store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, SqlJobStore, open_store
 from .jobs import JOB_CANCELLED, LEASE_LOST, Job, VideoRequest
-from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, OUTPUTS, WORKER
-from .running import rounded
+from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, METRICS, OUTPUTS, WORKER
+from .running import outputs_made
 from .wire import Image2VideoRequest, Text2ImageRequest
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class JobRunner:
         lease = self.app[CONFIG].job_lease
         while True:
             self.queued = await self.call(self.store.queued_count, self.task)
+            self.app[METRICS].stored_jobs_queued.set(self.queued)
             if self._idle() and not self.app[ADMISSION].draining and self.queued:
                 record = await self.call(self.store.claim, self.task, self.owner, lease)
                 if record is not None:
@@ -216,6 +217,7 @@ class JobRunner:
             )
             return
         await self.call(self.remove_inputs, ended.request.get("inputs", ()))
+        self.app[METRICS].stored_jobs_finished.labels(state).inc()
         log.info("job %s", state, extra={"job_id": record.id, "state": state})
 
     def _stepped(self, record: JobRecord, step: int, total: int) -> None:
@@ -279,17 +281,7 @@ class JobRunner:
                     writer = functools.partial(write_video, clip, fps=p.fps)
                     name = outputs.write_with(writer, prefix=f"{record.id}-{k}", suffix=suffix)
                     files.append(_file(name, fmt, k, p.seed))
-        first = own[0]
-        return {
-            "files": files,
-            "seeds": [p.seed for p in own],
-            "width": first.width,
-            "height": first.height,
-            "num_inference_steps": first.num_inference_steps,
-            "model": model,
-            "queue_seconds": rounded(job.queue_seconds),
-            "inference_seconds": rounded(job.inference_seconds),
-        }
+        return {"files": files, **outputs_made(job, own, model)}
 
     def remove_inputs(self, names: Iterable[str]) -> None:
         """Input files are needed until their job ends (a restart runs it again from them)."""

@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..config import FINAL_JOB_STATES, JOB_STATES
 from ..errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED)
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = JOB_STATES
+FINAL_STATES = FINAL_JOB_STATES
 
 TABLE = "opea_media_jobs"
 _COLUMNS = (
@@ -168,6 +168,14 @@ class SqlJobStore:
     the transaction, how the next queued job is taken, and how a change reaches the listeners."""
 
     shared = False
+    # Appended to the SELECTs that a transaction reads before it writes the same rows back
+    # (`_write` stores whole records): PostgreSQL's " FOR UPDATE" keeps a concurrent transaction of
+    # another replica from writing between the read and the write (a cancel lost under a step).
+    # SQLite needs none: BEGIN IMMEDIATE already runs one writing transaction at a time.
+    _row_lock = ""
+    # The same, skipping rows another transaction holds: for sweeps over other replicas' jobs
+    # (recover), which look again at their next round rather than wait behind a stalled replica.
+    _row_lock_skip = ""
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
@@ -205,12 +213,17 @@ class SqlJobStore:
 
     # --- queries --------------------------------------------------------------------------------
 
-    def _select(self, cursor: Any, where: str, params: Sequence[Any]) -> list[JobRecord]:
-        cursor.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where}", params)
+    def _select(
+        self, cursor: Any, where: str, params: Sequence[Any], *, lock: bool = False, skip_locked: bool = False
+    ) -> list[JobRecord]:
+        """`lock`: the rows are written back in this transaction (see `_row_lock`); `skip_locked`:
+        and rows other transactions hold are left out."""
+        locking = self._row_lock_skip if skip_locked else self._row_lock if lock else ""
+        cursor.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE {where}{locking}", params)
         return [JobRecord.from_row(row) for row in cursor.fetchall()]
 
-    def _one(self, cursor: Any, job_id: str) -> JobRecord | None:
-        rows = self._select(cursor, "id = ?", (job_id,))
+    def _one(self, cursor: Any, job_id: str, *, lock: bool = False) -> JobRecord | None:
+        rows = self._select(cursor, "id = ?", (job_id,), lock=lock)
         return rows[0] if rows else None
 
     def _write(self, cursor: Any, record: JobRecord) -> JobRecord:
@@ -305,7 +318,7 @@ class SqlJobStore:
             )
 
     def _owned(self, cursor: Any, job_id: str, owner: str) -> JobRecord | None:
-        record = self._one(cursor, job_id)
+        record = self._one(cursor, job_id, lock=True)
         if record is None or record.state != RUNNING or record.owner != owner:
             return None
         return record
@@ -379,7 +392,7 @@ class SqlJobStore:
         """A queued job ends cancelled now; a running one is asked to stop (its owner ends it at
         its next step); a finished one stays as it is. None: no such job."""
         with self._transaction() as cursor:
-            record = self._one(cursor, job_id)
+            record = self._one(cursor, job_id, lock=True)
             if record is None or record.final:
                 return record
             if record.state == QUEUED:
@@ -393,7 +406,10 @@ class SqlJobStore:
         again from the start, or failed with the reason (`rerun` False, or `max_attempts` reached)."""
         with self._transaction() as cursor:
             lost = self._select(
-                cursor, "task = ? AND state = ? AND lease_until < ?", (task, RUNNING, expired_before)
+                cursor,
+                "task = ? AND state = ? AND lease_until < ?",
+                (task, RUNNING, expired_before),
+                skip_locked=True,  # a job being changed now (by a replica thought dead) waits a round
             )
             changed = []
             for record in lost:

@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import json
 import re
+import time
 from typing import Any
 
 from aiohttp import web
 from PIL import Image
 
+from ..config import JOBS_PATH
 from ..errors import Conflict, InvalidInput, NotFound, Unprocessable
 from ..media.fetch import UrlPolicy
 from ..media.images import encode_png
@@ -27,10 +29,10 @@ from .jobs_wire import JobList, JobView, job_view
 from .keys import ADMISSION, CONFIG, IO_POOL, JOBS, WORKER
 from .outputs import output_url
 from .running import before_deadline, encoded_response
+from .bodies import body_done
 from .validation import read_json_body
 from .wire import Image2VideoRequest, Text2ImageRequest
 
-JOBS_PATH = "/v1/jobs"
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
 DEFAULT_PAGE, MAX_PAGE = 20, 100
 # An event stream with nothing to say sends a comment this often: proxies keep it open, and a
@@ -100,23 +102,26 @@ def _job_response(request: web.Request, view: JobView, *, status: int, replayed:
 async def submit(request: web.Request) -> web.Response:
     """202 with the queued job; the same job again for a replayed Idempotency-Key."""
     app = request.app
-    config, worker, pool, runner = app[CONFIG], app[WORKER], app[IO_POOL], _runner(request)
+    config, worker, runner = app[CONFIG], app[WORKER], _runner(request)
     formats = _formats(request)
     key = _idempotency_key(request)
     with app[ADMISSION].admit():
         # A model still loading takes jobs (they wait); a full queue or a failed model does not.
+        runner.queued = await runner.call(runner.store.queued_count, runner.task)  # counted now
         worker.check_admission(while_loading=True)
-        deadline = asyncio.get_running_loop().time() + config.request_timeout
+        deadline = time.monotonic() + config.request_timeout
         model = Text2ImageRequest if config.service == "text2image" else Image2VideoRequest
         job_id = new_job_id()
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(request, model, pool, max_bytes=config.max_body_bytes)
+            body = await read_json_body(request, model, holds_body=True)
             submitted = body.model_dump(mode="json")
             # Off the event loop: an image2video body holds megabytes of base64.
             fingerprint = await runner.call(_fingerprint, submitted, formats)
             stored = {**submitted, "seed": resolve_seed(body.seed)}
             if isinstance(body, Image2VideoRequest):
                 stored = await _store_inputs(request, body, job_id, stored)
+            del body, submitted  # the base64 images go before the body's reservation does
+            body_done(request)
         record, created = await runner.call(
             runner.store.submit,
             task=config.service,
@@ -133,7 +138,6 @@ async def submit(request: web.Request) -> web.Response:
                 "this Idempotency-Key was used before with another request; use a new key for a new job"
             )
         return _job_response(request, await _current_view(request, record), status=202, replayed=True)
-    runner.queued += 1
     return _job_response(request, await _current_view(request, record), status=202)
 
 

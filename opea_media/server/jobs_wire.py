@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..config import Task
+from ..config import JOB_STATES, Task
 from .job_store import JobRecord
-from .wire import ErrorBody
+from .wire import ErrorBody, Outputs
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
 
 
 class JobProgress(BaseModel):
@@ -30,15 +30,8 @@ class JobFile(BaseModel):
     seed: int | None = Field(description="That output's seed: it remakes that output alone.")
 
 
-class JobResult(BaseModel):
+class JobResult(Outputs):
     files: list[JobFile]
-    seeds: list[int]
-    width: int
-    height: int
-    num_inference_steps: int
-    model: str
-    queue_seconds: float | None = Field(description="Seconds it waited in the model's queue once taken.")
-    inference_seconds: float | None = Field(description="Seconds the pipeline call took.")
 
 
 class JobView(BaseModel):

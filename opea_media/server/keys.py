@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import AbstractRoute
 
     from ..media.store import OutputStore
+    from .bodies import BodyBudget
     from .config import ServerConfig
     from .job_runner import JobRunner
     from .metrics import Metrics
@@ -22,6 +23,7 @@ CONFIG: web.AppKey[ServerConfig] = web.AppKey("config")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 WORKER: web.AppKey[InferenceWorker] = web.AppKey("worker")
 ADMISSION: web.AppKey[Admission] = web.AppKey("admission")
+BODY_BUDGET: web.AppKey[BodyBudget] = web.AppKey("body_budget")
 IO_POOL: web.AppKey[ThreadPoolExecutor] = web.AppKey("io_pool")
 OPENAPI: web.AppKey[bytes] = web.AppKey("openapi")  # the document, serialised once
 OUTPUTS: web.AppKey[OutputStore] = web.AppKey("outputs")

@@ -149,10 +149,31 @@ class Metrics:
         self.batch_size = Histogram(
             "opea_media_batch_size", "Jobs merged into one pipeline call.", buckets=_BATCH_BUCKETS, registry=r
         )
+        self.stored_jobs_queued = Gauge(
+            "opea_media_stored_jobs_queued",
+            "Jobs of the jobs API waiting in the store (with PostgreSQL: all replicas').",
+            registry=r,
+        )
+        self.stored_jobs_finished = Counter(
+            "opea_media_stored_jobs_finished",
+            "Jobs of the jobs API that this process ended, by final state.",
+            ["state"],
+            registry=r,
+        )
         self.jobs_cancelled = Counter(
             "opea_media_jobs_cancelled",
             "Admitted jobs that ended without a result, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.body_bytes_held = Gauge(
+            "opea_media_request_body_bytes_held",
+            "Bytes of the body budget reserved by the request bodies being received now.",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "opea_media_connections_refused",
+            "Connections answered 503 and closed at once: as many were open as --max-connections allows.",
             registry=r,
         )
         # Resident memory, CPU time, open files: the standard process_* series, Linux only.

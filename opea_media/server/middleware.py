@@ -129,7 +129,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             level = logging.INFO if exc.http_status == 503 else logging.WARNING
             log.log(level, "request failed: %s", exc.detail, extra={"status": exc.http_status})
         failure = Failure(exc.http_status, exc.detail, getattr(exc, "field", None), type(exc).__name__)
-        return style.response(failure, headers=exc.response_headers())
+        response = style.response(failure, headers=exc.response_headers())
+        return await _answer_and_close(request, response) if exc.closes_connection else response
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -137,6 +138,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.exception("unhandled error")
         detail = "internal error; the service log has the details under this request's X-Request-ID"
         return style.response(Failure(500, detail, kind="InternalError"))
+
+
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send the answer now, then close the connection: the rest of the request is not coming, and
+    aiohttp would otherwise wait for it (its lingering read) before closing."""
+    response.force_close()
+    response.headers[REQUEST_ID_HEADER] = request_id_var.get() or ""
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the answer is in the transport's buffer: flushed, then closed
+    return response
 
 
 # --- the API key ------------------------------------------------------------------------------------

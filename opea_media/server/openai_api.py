@@ -126,12 +126,10 @@ async def image_data(
 
 async def generations(request: web.Request) -> web.StreamResponse:
     app = request.app
-    config, worker, pool = app[CONFIG], app[WORKER], app[IO_POOL]
+    config, worker = app[CONFIG], app[WORKER]
     async with admitted(request) as deadline:
         async with before_deadline(deadline, config.request_timeout):
-            body = await read_json_body(
-                request, ImageGenerationRequest, pool, max_bytes=config.max_body_bytes
-            )
+            body = await read_json_body(request, ImageGenerationRequest)
         check_model(body.model, worker.handle.ref)
         params = worker.model.complete(image_params(body, size=requested_size(body)))
         if body.stream:

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from .config import MIB, ServerConfig
 from .error_styles import OPENAI
-from .routes import EVENT_STREAM, JSON, Answer, Route, routes_for
+from .routes import EVENT_STREAM, JSON, Answer, Parameter, Route, routes_for
 
 OPENAPI_VERSION = "3.1.0"
 _TITLES = {
@@ -37,6 +37,8 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
         401: "An API key is configured and 'Authorization: Bearer <key>' (or Basic authentication "
         "with the key as the password) is missing or wrong.",
         404: "What the path names does not exist (an unknown model id; an output file that expired).",
+        408: f"The body did not arrive within the {config.body_timeout:g} s body timeout; the "
+        "connection is closed.",
         409: "POST /sdapi/v1/interrupt stopped this request's job before it finished; or the job "
         "to cancel already ended.",
         413: f"The body is larger than {config.max_body_bytes / MIB:g} MiB ({config.max_body_bytes} bytes).",
@@ -44,7 +46,8 @@ def _error_descriptions(config: ServerConfig) -> dict[int, str]:
         422: "The Idempotency-Key was used before with another body.",
         500: "Inference failed: out of memory, or a library error (the log has it under X-Request-ID).",
         503: "The model is loading (Retry-After), failed to load (no Retry-After: retrying will not "
-        "help), the queue is full (Retry-After) or the service is shutting down (Retry-After).",
+        "help), the queue is full (Retry-After), the request bodies being received hold the body "
+        "budget (Retry-After) or the service is shutting down (Retry-After).",
         504: f"The request took longer than the {config.request_timeout:g} s request timeout, counted "
         "from arrival (body, image downloads, queue and inference).",
     }
@@ -104,13 +107,14 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
         "summary": route.summary,
         "responses": responses,
     }
+    described = {p.name: p for p in route.parameters if p.location == "path"}
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        | _parameter(described.get(name))
         for name in route.path_parameters
     ]
     parameters += [
-        {"name": p.name, "in": p.location, "description": p.description, "schema": dict(p.schema)}
-        for p in route.parameters
+        {"name": p.name, "in": p.location} | _parameter(p) for p in route.parameters if p.location != "path"
     ]
     if parameters:
         operation["parameters"] = parameters
@@ -127,6 +131,12 @@ def _operation(route: Route, config: ServerConfig) -> dict[str, Any]:
     if secured:
         operation["security"] = [{"bearer": []}, {"basic": []}]
     return operation
+
+
+def _parameter(parameter: Parameter | None) -> dict[str, Any]:
+    if parameter is None:
+        return {}
+    return {"description": parameter.description, "schema": dict(parameter.schema)}
 
 
 def _component_schemas(routes: list[Route]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from aiohttp.typedefs import Handler
 from pydantic import BaseModel
 
-from ..config import TASKS, Task
-from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs
+from ..config import JOBS_PATH, TASKS, Task
+from . import a1111, handlers, jobs_api, openai_api, openai_edits, outputs, ui
 from . import a1111_wire as w
 from .error_styles import A1111, OPEA, OPENAI, ErrorStyle
 from .job_runner import RESULT_FORMATS
@@ -41,6 +41,7 @@ from .wire import (
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 MULTIPART = "multipart/form-data"
+STATIC_TYPES = tuple(sorted(set(ui.STATIC_TYPES.values())))
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,10 @@ def protected_path(path: str) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """A query or header parameter, for the OpenAPI document."""
+    """A query, header or path parameter, for the OpenAPI document."""
 
     name: str
-    location: str  # "query" | "header"
+    location: str  # "query" | "header" | "path" (a path parameter without one: any string)
     description: str
     schema: Mapping[str, object]
 
@@ -109,7 +110,9 @@ _READINESS = {
     200: Answer("The model serves.", Healthy),
     503: Answer("Not serving: loading, failed to load, or draining.", Unhealthy, retry_after=True),
 }
-GENERATE_ERRORS = (400, 413, 415, 500, 503, 504)
+# Every route that reads a body may answer these (408: too slow; 503: the body budget is full).
+BODY_ERRORS = (400, 408, 413, 415, 503)
+GENERATE_ERRORS = (*BODY_ERRORS, 500, 504)
 SDAPI = "/sdapi/v1/"
 EVENTS = (PartialImageEvent, CompletedEvent, StreamError)
 
@@ -129,7 +132,7 @@ def _sdapi(
             request=request,
             errors=(*GENERATE_ERRORS, 409)
             if name in ("txt2img", "img2img")
-            else (400, 413, 415)
+            else BODY_ERRORS
             if request
             else (),
             services=("text2image",),
@@ -148,13 +151,13 @@ def _job_submits() -> tuple[Route, ...]:
     return tuple(
         Route(
             "POST",
-            jobs_api.JOBS_PATH,
+            JOBS_PATH,
             jobs_api.submit,
             "submit_job",
             "Submit a job: the synchronous endpoint's body; answers 202 at once, then poll, follow or cancel it",
             {202: Answer("The job, queued (or, for a replayed Idempotency-Key, as it is now).", JobView)},
             request=request,
-            errors=(400, 413, 415, 422, 503, 504),
+            errors=(*BODY_ERRORS, 422, 504),
             services=(service,),
             parameters=(
                 Parameter(
@@ -175,11 +178,13 @@ def _job_submits() -> tuple[Route, ...]:
     )
 
 
+STATIC_FILE = Parameter("name", "path", "A file of the page.", {"type": "string", "enum": ui.static_names()})
+
 ROUTES: tuple[Route, ...] = (
     *_job_submits(),
     Route(
         "GET",
-        jobs_api.JOBS_PATH,
+        JOBS_PATH,
         jobs_api.list_jobs,
         "list_jobs",
         "The jobs, newest first, a page at a time",
@@ -365,6 +370,25 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/openapi.json", handlers.openapi, "openapi", "This document", {200: Answer("OpenAPI 3.1.")}
+    ),
+    # --- the web page (docs/ui.md): no API key, as a browser loads it before it has one ---
+    Route(
+        "GET",
+        "/",
+        ui.page,
+        "ui_page",
+        "A web page to try the service: submit jobs, follow them, see and download the results",
+        {200: Answer("The page.", media_type=ui.HTML)},
+    ),
+    Route(
+        "GET",
+        ui.STATIC_PREFIX + "{name}",
+        ui.static_file,
+        "ui_static_file",
+        "The web page's scripts, style sheet and icon",
+        {200: Answer("The file.", media_type=STATIC_TYPES[0], also=STATIC_TYPES[1:])},
+        errors=(404,),
+        parameters=(STATIC_FILE,),
     ),
 )
 

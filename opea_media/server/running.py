@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..errors import ClientGone, DeadlineExceeded
+from ..params import Image2VideoParams, Text2ImageParams
 from .jobs import CLIENT_DISCONNECTED, DEADLINE, HANDLER_CANCELLED, Job, Payload, Previews
 from .keys import ADMISSION, CONFIG, WORKER
 from .logs import request_id_var
@@ -93,6 +94,20 @@ async def encoded_response(pool: Executor, body: BaseModel, *, status: int = 200
     """A JSON response serialised off the event loop (a clip's frames are tens of megabytes)."""
     text = await asyncio.get_running_loop().run_in_executor(pool, body.model_dump_json)
     return web.Response(text=text, status=status, content_type="application/json")
+
+
+def outputs_made(job: Job, outputs: Sequence[Text2ImageParams | Image2VideoParams], model: str) -> dict[str, Any]:
+    """The fields of wire.Outputs: each output's seed, the size and steps, the model, the timings."""
+    first = outputs[0]
+    return {
+        "seeds": [p.seed for p in outputs],
+        "model": model,
+        "width": first.width,
+        "height": first.height,
+        "num_inference_steps": first.num_inference_steps,
+        "queue_seconds": rounded(job.queue_seconds),
+        "inference_seconds": rounded(job.inference_seconds),
+    }
 
 
 def rounded(seconds: float | None) -> float | None:

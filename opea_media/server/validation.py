@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,6 +18,8 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from ..errors import InvalidInput
 from ..params import NO_NUL_PATTERN, NOT_BLANK_PATTERN, Number, Rule, Text
+from .bodies import body_done, read_body
+from .keys import CONFIG, IO_POOL
 
 _INVALID = "invalid"  # the error type of every refusal worded here
 
@@ -177,34 +178,38 @@ def validate(model: type[B], data: Any) -> B:
 # --- reading a request body -------------------------------------------------------------------------
 
 JSON_CONTENT_TYPES = ("application/json",)
-INLINE_PARSE_BYTES = 64 * 1024  # smaller bodies parse faster than a hop to the thread pool
 
 
-async def read_json_body(request: web.Request, model: type[B], pool: Executor, *, max_bytes: int) -> B:
-    """The body as `model`; 415 for another content type, 413 over max_bytes, 400 if malformed."""
+async def read_json_body(request: web.Request, model: type[B], *, holds_body: bool = False) -> B:
+    """The body as `model`; 415 for another content type, 413 over the size limit, 408 past the
+    body timeout, 400 if malformed. Parsed and validated in the I/O threads, whatever its size.
+
+    Its reservation of the body budget ends here, unless `holds_body`: the model keeps what is
+    large in it (base64 images), and the handler calls body_done once it has decoded them.
+    """
     content_type = request.content_type
     if content_type not in JSON_CONTENT_TYPES and not content_type.endswith("+json"):
         sent = content_type if "Content-Type" in request.headers else "no Content-Type"
         raise web.HTTPUnsupportedMediaType(
             text=f"send the request as JSON (Content-Type: application/json), not {sent}"
         )
-    if request.content_length is not None and request.content_length > max_bytes:
-        # Refused before reading a byte: a client that announces 10 GB need not be waited for.
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
-    body = await request.read()  # a chunked body over the limit: aiohttp raises 413 as it arrives
-    if len(body) <= INLINE_PARSE_BYTES:
-        return validate(model, parse_json_object(body))
-    # Tens of megabytes of base64 images take a while to parse: not on the event loop.
-    return await asyncio.get_running_loop().run_in_executor(
-        pool, lambda: validate(model, parse_json_object(body))
+    config = request.app[CONFIG]
+    body = await read_body(request, max_bytes=config.max_body_bytes, timeout=config.body_timeout)
+    loop = asyncio.get_running_loop()
+    parsed = await loop.run_in_executor(
+        request.app[IO_POOL], lambda: validate(model, parse_json_object(body))
     )
+    if not holds_body:
+        del body  # the raw bytes go before their reservation does
+        body_done(request)
+    return parsed
 
 
 def _refuse_constant(name: str) -> Any:
     raise InvalidInput(f"the request body is not valid JSON: {name} is not a JSON number")
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
     if not body.strip():
         raise InvalidInput("the request body is empty; send a JSON object")
     try:

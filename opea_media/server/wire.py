@@ -216,18 +216,23 @@ def _params(params_type: type[P], body: BaseModel) -> P:
 Base64Png = Annotated[str, SchemaExtra({"contentEncoding": "base64", "contentMediaType": "image/png"})]
 
 
-class _Result(BaseModel):
-    id: str = Field(description="The request's id (X-Request-ID), as OPEA's responses carry one.")
-    status: Literal["success"] = "success"
-    message: str
-    seed: int = Field(description="The seed of the first output; output k used `seeds[k]`.")
-    seeds: list[int]
+class Outputs(BaseModel):
+    """What made a request's outputs: in every OPEA answer, and in a finished job's result."""
+
+    seeds: list[int] = Field(description="Each output's seed: it remakes that output alone.")
     model: str
     width: int
     height: int
     num_inference_steps: int
     queue_seconds: float | None = Field(description="Seconds the job waited for the model.")
     inference_seconds: float | None = Field(description="Seconds the pipeline call took.")
+
+
+class _Result(Outputs):
+    id: str = Field(description="The request's id (X-Request-ID), as OPEA's responses carry one.")
+    status: Literal["success"] = "success"
+    message: str
+    seed: int = Field(description="The seed of the first output; output k used `seeds[k]`.")
 
 
 class Text2ImageResponse(_Result):

@@ -30,13 +30,17 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 GIB = 1024**3
 
 # Stand-ins for Docker Hub images where the Hub cannot be reached (FACTS: no Hub here). Set these
-# variables to use the real images instead (GitHub Actions: python:3.11-slim, nginx:stable-alpine).
+# variables to use the real images instead (GitHub Actions: python:3.11-slim, nginx:stable-alpine,
+# postgres:16-alpine).
 BASE_IMAGE_ENV = "OPEA_MEDIA_TEST_BASE_IMAGE"
 NGINX_IMAGE_ENV = "OPEA_MEDIA_TEST_NGINX_IMAGE"
+POSTGRES_IMAGE_ENV = "OPEA_MEDIA_TEST_POSTGRES_IMAGE"
 TORCH_WHEEL_ENV = "OPEA_MEDIA_TORCH_WHEEL"
 LOCAL_BASE_IMAGE = "opea-media-base:bookworm"
 APP_IMAGE = "opea-media:test"
 NGINX_STAND_IN = "opea-media-nginx:test"
+POSTGRES_STAND_IN = "opea-media-postgres:test"
+STAND_INS = {"nginx": (NGINX_IMAGE_ENV, NGINX_STAND_IN), "postgres": (POSTGRES_IMAGE_ENV, POSTGRES_STAND_IN)}
 WHEELS_DIR = REPO / "docker" / "wheels"
 # Where this kind of machine keeps the CPU torch wheel that pip installs from.
 WHEEL_SEARCH = (Path("/opt/wheels"),)
@@ -105,6 +109,7 @@ def free_port(preferred: int) -> int:
 class Images:
     app: str
     nginx: str
+    postgres: str
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -144,7 +149,8 @@ def _build_env() -> dict[str, str]:
 
 
 def build_images() -> Images:
-    """The base stand-in (unless a real base is named), the app image and the nginx stand-in."""
+    """The base stand-in (unless a real base is named), the app image and the nginx and postgres
+    stand-ins (unless real ones are named)."""
     seconds: dict[str, float] = {}
     env = _build_env()
     base = os.environ.get(BASE_IMAGE_ENV)
@@ -168,14 +174,16 @@ def build_images() -> Images:
     run(args, timeout=2400, env=env)
     seconds["app image"] = time.monotonic() - started
 
-    nginx = os.environ.get(NGINX_IMAGE_ENV)
-    if not nginx:
-        started = time.monotonic()
-        nginx_args = ["docker", "build", "--build-arg", f"BASE_IMAGE={base}", "-t", NGINX_STAND_IN]
-        run([*nginx_args, "docker/nginx"], timeout=900, env=env)
-        seconds["nginx stand-in"] = time.monotonic() - started
-        nginx = NGINX_STAND_IN
-    return Images(app=APP_IMAGE, nginx=nginx, seconds=seconds)
+    stand_ins = {}
+    for name, (variable, tag) in STAND_INS.items():  # built from docker/<name>/ unless a real one is named
+        stand_ins[name] = os.environ.get(variable) or ""
+        if not stand_ins[name]:
+            started = time.monotonic()
+            args = ["docker", "build", "--build-arg", f"BASE_IMAGE={base}", "-t", tag, f"docker/{name}"]
+            run(args, timeout=900, env=env)
+            seconds[f"{name} stand-in"] = time.monotonic() - started
+            stand_ins[name] = tag
+    return Images(app=APP_IMAGE, nginx=stand_ins["nginx"], postgres=stand_ins["postgres"], seconds=seconds)
 
 
 # --- compose projects ---------------------------------------------------------------------------

@@ -59,6 +59,14 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: "" if v is None else str(v) for k, v in env.items()}
 
 
+def mounts(service: dict[str, Any]) -> set[tuple[str, str]]:
+    """(source, target) of each volume, in either the short or the long syntax."""
+    return {
+        (v["source"], v["target"]) if isinstance(v, dict) else (v.split(":")[0], v.split(":")[1])
+        for v in service["volumes"]
+    }
+
+
 def published(service: dict[str, Any]) -> set[tuple[str, int]]:
     """(host ip, host port) of each published port, in either the short or the long syntax."""
     ports = set()
@@ -192,7 +200,7 @@ def test_scale_override_puts_replicas_behind_nginx_on_the_spec_ports(compose: li
         compose, "docker-compose.yml", "docker-compose.scale.yml", TEXT2IMAGE_PORT="0", IMAGE2VIDEO_PORT="0"
     )
     services = cfg["services"]
-    assert set(services) == {"text2image", "image2video", "balancer"}
+    assert set(services) == {"text2image", "image2video", "balancer", "postgres"}
     assert services["text2image"]["deploy"]["replicas"] == services["image2video"]["deploy"]["replicas"] == 2
     balancer = services["balancer"]
     assert balancer["image"] == "nginx:stable-alpine"
@@ -201,3 +209,34 @@ def test_scale_override_puts_replicas_behind_nginx_on_the_spec_ports(compose: li
     mount = balancer["volumes"][0]
     target = mount["target"] if isinstance(mount, dict) else mount.split(":")[1]
     assert target == "/etc/nginx/conf.d/default.conf"
+
+
+def test_scaled_replicas_share_one_jobs_queue_in_postgres(compose: list[str]) -> None:
+    files = ("docker-compose.yml", "docker-compose.scale.yml")
+    cfg = config(compose, *files, TEXT2IMAGE_PORT="0", IMAGE2VIDEO_PORT="0")
+    services = cfg["services"]
+    database = services["postgres"]
+    assert database["image"] == "postgres:16-alpine"
+    assert "ports" not in database  # the internal network only
+    db_env = environment(database)
+    assert (db_env["POSTGRES_USER"], db_env["POSTGRES_DB"]) == ("opea", "opea")
+    assert mounts(database) == {("postgres_data", "/var/lib/postgresql/data")}
+    assert "postgres_data" in cfg["volumes"]
+    assert "pg_isready" in " ".join(database["healthcheck"]["test"])
+    for name in ("text2image", "image2video"):
+        service = services[name]
+        env = environment(service)
+        url = f"postgresql://opea:{db_env['POSTGRES_PASSWORD']}@postgres:5432/opea"
+        assert env["OPEA_MEDIA_JOBS_STORE"] == url
+        assert env["OPEA_MEDIA_DATA_DIR"] == "/data/jobs"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        # The replicas of a service mount the same named volumes: its results and its data folder.
+        assert {(f"{name}_outputs", "/data/outputs"), (f"{name}_jobs", "/data/jobs")} <= mounts(service)
+
+    # One password for the database and the replicas' URL.
+    cfg = config(compose, *files, TEXT2IMAGE_PORT="0", IMAGE2VIDEO_PORT="0", OPEA_POSTGRES_PASSWORD="s3cret")
+    assert environment(cfg["services"]["postgres"])["POSTGRES_PASSWORD"] == "s3cret"
+    url = environment(cfg["services"]["text2image"])["OPEA_MEDIA_JOBS_STORE"]
+    assert url.startswith("postgresql://opea:s3cret@")
+    cfg = config(compose, *files, TEXT2IMAGE_PORT="0", IMAGE2VIDEO_PORT="0", OPEA_POSTGRES_IMAGE="pg:test")
+    assert cfg["services"]["postgres"]["image"] == "pg:test"

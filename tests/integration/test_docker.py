@@ -9,9 +9,12 @@ skip (locally) or fail (CI=true). `.ci/run` starts the engine (scripts/docker-en
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +40,7 @@ from .docker_env import (
 )
 
 PORTS = {"text2image": 9379, "image2video": 9369}
+FINAL = ("succeeded", "failed", "cancelled")
 T2I = {"prompt": "a lighthouse at dusk", "num_inference_steps": 2, "height": 64, "width": 64}
 I2V = {
     "images_path": [{"image_path": png_data_uri()}],
@@ -139,6 +143,7 @@ def scaled(compose: list[str], images: Images) -> Iterator[tuple[Project, dict[s
         variables={
             "OPEA_MEDIA_IMAGE": images.app,
             "OPEA_NGINX_IMAGE": images.nginx,
+            "OPEA_POSTGRES_IMAGE": images.postgres,
             "OPEA_PUBLISH_ADDRESS": "127.0.0.1",
             "TEXT2IMAGE_PORT": "0",
             "IMAGE2VIDEO_PORT": "0",
@@ -235,6 +240,64 @@ def test_scale_out_spreads_requests_and_survives_a_stopped_replica(
         f"{expected - stop_asked_after[0]} of them after `docker stop`; "
         f"{len(retried)} retried on the other replica"
     )
+
+
+def test_scaled_replicas_share_the_jobs_queue_in_postgres(compose: list[str], images: Images) -> None:
+    """docker-compose.scale.yml's text2image replicas and its postgres service: jobs submitted to
+    one replica split between both, and either answers for any job and serves its result."""
+    password = secrets.token_hex(12)
+    project = Project(
+        compose=compose,
+        files=["docker-compose.yml", "docker-compose.scale.yml"],
+        name=f"opea-media-test-jobs-{os.getpid()}",
+        variables={
+            "OPEA_MEDIA_IMAGE": images.app,
+            "OPEA_POSTGRES_IMAGE": images.postgres,
+            "OPEA_POSTGRES_PASSWORD": password,
+            "OPEA_PUBLISH_ADDRESS": "127.0.0.1",
+            "TEXT2IMAGE_PORT": "0",
+            "TEXT2IMAGE_REPLICAS": "2",
+            "OPEA_MEDIA_TEXT2IMAGE_MODEL": "tiny",
+            "OPEA_MEDIA_DEVICE": "cpu",
+            "OPEA_MEDIA_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+        },
+    )
+    with running(project, "text2image"):  # and postgres, which it depends on
+        replicas = project.containers("text2image")
+        assert len(replicas) == 2 and len(project.containers("postgres")) == 1
+        port = {c: project.published(c, PORTS["text2image"]) for c in replicas}
+        for own in port.values():
+            wait_for_health(own, timeout=180)
+        first, second = replicas
+        body = {"prompt": "a lighthouse at dusk", "num_inference_steps": 30, "height": 64, "width": 64}
+        ids = []
+        for seed in range(4):
+            reply = call(port[first], "/v1/jobs", {**body, "seed": seed})
+            assert reply.status == 202, reply.body
+            ids.append(reply.body["id"])  # type: ignore[index]
+        deadline = time.monotonic() + 180
+        for job_id in ids:
+            while (state := call(port[second], f"/v1/jobs/{job_id}").body["state"]) not in FINAL:  # type: ignore[index]
+                assert time.monotonic() < deadline, f"job {job_id} still {state}"
+                time.sleep(0.2)
+            assert state == "succeeded", call(port[second], f"/v1/jobs/{job_id}").body
+        logs = {}
+        for container in replicas:
+            done = run(["docker", "logs", container], timeout=60)
+            logs[container] = done.stdout + done.stderr
+        ran = {
+            c: [json.loads(line)["job_id"] for line in text.splitlines() if '"job started' in line]
+            for c, text in logs.items()
+        }
+        assert sorted(ran[first] + ran[second]) == sorted(ids), ran
+        assert ran[first] and ran[second], f"the jobs did not split between the replicas: {ran}"
+        # A result made by one replica, downloaded through the other (the shared output volume).
+        view = call(port[second], f"/v1/jobs/{ran[first][0]}").body
+        url = view["result"]["files"][0]["url"]  # type: ignore[index]
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert all(password not in text for text in logs.values())
 
 
 def test_a_cpu_limit_on_the_container_sizes_torch_threads(images: Images) -> None:

@@ -67,6 +67,16 @@ VALUE_SETS: dict[str, list[str]] = {
         "--set",
         "jobs.postgresUrlSecret=opea-jobs-db",
     ],
+    "postgres-replicas": [
+        "--set",
+        "jobs.postgresUrlSecret=opea-jobs-db",
+        "--set",
+        "jobs.dataPVC=opea-jobs-data",
+        "--set",
+        "text2image.replicaCount=2",
+        "--set",
+        "image2video.autoscaling.enabled=true",
+    ],
     "text2image-only": ["--set", "image2video.enabled=false"],
     "image2video-only": ["--set", "text2image.enabled=false", "--set", "global.modelUsePVC=opea-models"],
     "hostpath-per-service": [
@@ -337,7 +347,6 @@ def test_existing_secrets_are_only_referenced(rendered: dict[str, list[dict[str,
         assert refs == {
             "HF_TOKEN": {"name": "hf-token", "key": "HF_TOKEN"},
             "OPEA_MEDIA_API_KEY": {"name": "opea-api-key", "key": "OPEA_MEDIA_API_KEY"},
-            # For when the jobs API lands; today's service ignores it (docs/deploy.md).
             "OPEA_MEDIA_JOBS_STORE": {"name": "opea-jobs-db", "key": "url"},
         }
 
@@ -473,6 +482,30 @@ def test_the_model_volume_is_a_pvc_a_host_path_or_an_empty_dir(
         assert model_volume(deployment)["hostPath"] == {"path": "/mnt/opea-models", "type": "Directory"}
 
 
+def test_replicas_on_postgres_share_a_data_folder(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["postgres-replicas"]
+    deployments = by_component(objects, "Deployment")
+    assert deployments["text2image"]["spec"]["replicas"] == 2
+    assert set(by_component(objects, "HorizontalPodAutoscaler")) == {"image2video"}
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        claim = {"name": "jobs-data", "persistentVolumeClaim": {"claimName": "opea-jobs-data"}}
+        assert claim in pod["volumes"]
+        assert {"name": "jobs-data", "mountPath": "/data/jobs"} in container(deployment)["volumeMounts"]
+        assert config_of(objects, deployment)["OPEA_MEDIA_DATA_DIR"] == f"/data/jobs/{name}"
+        store = env_of(deployment)["OPEA_MEDIA_JOBS_STORE"]["valueFrom"]["secretKeyRef"]
+        assert store == {"name": "opea-jobs-db", "key": "url"}
+    # Without the claim (SQLite): each pod its own data folder, never the shared model volume,
+    # where a second pod's service would find the first one's jobs locked.
+    for values in ("cpu-defaults", "hostpath-per-service"):
+        for name, deployment in by_component(rendered[values], "Deployment").items():
+            volumes = deployment["spec"]["template"]["spec"]["volumes"]
+            assert {"name": "jobs-data", "emptyDir": {}} in volumes
+            assert {"name": "jobs-data", "mountPath": "/data/jobs"} in container(deployment)["volumeMounts"]
+            assert config_of(rendered[values], deployment)["OPEA_MEDIA_DATA_DIR"] == f"/data/jobs/{name}"
+            assert "OPEA_MEDIA_JOBS_STORE" not in env_of(deployment)
+
+
 def test_per_service_values_override_the_shared_ones(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["hostpath-per-service"]
     deployments = by_component(objects, "Deployment")
@@ -528,6 +561,8 @@ def test_refusals(helm: str) -> None:
             "autoscaling.queueDepth.enabled=false",
             "autoscaling.targetCPUUtilizationPercentage=",
         ): "autoscaling.enabled needs a metric",
+        ("jobs.postgresUrlSecret=db", "text2image.replicaCount=2"): "text2image runs several pods",
+        ("jobs.postgresUrlSecret=db", "image2video.autoscaling.enabled=true"): "set jobs.dataPVC",
     }
     for sets, message in cases.items():
         args = [arg for s in sets for arg in ("--set", s)]

@@ -198,4 +198,13 @@ The chart's refusals, checked once per render.
 {{- if not (has .Values.accelDevice (list "" "nvidia")) }}
 {{- fail (printf "accelDevice must be \"\" (CPU) or \"nvidia\", not %q" .Values.accelDevice) }}
 {{- end }}
+{{- $sharedData := or .Values.jobs.dataPVC .Values.global.modelUsePVC .Values.global.modelUseHostPath }}
+{{- if and .Values.jobs.postgresUrlSecret (not $sharedData) }}
+{{- range $name := list "text2image" "image2video" }}
+{{- $s := include "opea-media.settings" (list $ $name) | fromYaml }}
+{{- if and (index $.Values $name).enabled (or $s.autoscaling.enabled (gt (int $s.replicaCount) 1)) }}
+{{- fail (printf "%s runs several pods on the shared PostgreSQL queue, but each would keep the results it makes in its own emptyDir: set jobs.dataPVC (a ReadWriteMany claim) or global.modelUsePVC" $name) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
