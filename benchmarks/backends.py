@@ -3,8 +3,10 @@
 One process, one SD 2.1-size pipeline built as the product builds it (`ModelRegistry`, today's
 defaults: `--backend torch`, `--dtype auto`), and beside it the same weights run by each other
 backend: the candidates share the text encoder and VAE encoder, and torch.compile shares the UNet
-itself, so the process holds each big module once per backend. Each round runs one whole request
-on every candidate, in alternating order (A B C C B A ...), with the same prompt and seed; each
+itself, so the process holds each big module once per backend. The backends are measured in
+groups (torch.compile and OpenVINO; then OpenVINO int8), each beside the default, and a group is
+freed before the next: all at once did not fit in 24 GiB. Each round runs one whole request on
+every member, in alternating order (A B C C B A ...), with the same prompt and seed; each
 step's time comes from the pipeline's step callback. The first request of each candidate is not a
 round: it is the candidate's first-request cost, with its conversion or compilation (reported
 beside it). Agreement is the decoded image's difference to eager float32's, same seed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import shutil
@@ -106,8 +109,6 @@ def agreement(image: Any, reference: Any) -> dict[str, float]:
 
 
 def _make(name: str, build: Callable[[], tuple[Any, float, str]], log: Any) -> Candidate:
-    import gc
-
     gc.collect()
     before = memory_mib()["VmRSS"]
     log(f"backends: making {name}")
@@ -183,52 +184,59 @@ def run(
     elif bf16:
         other = ModelRegistry(device="cpu", dtype="bfloat16", cache_dir=cache)
         candidates.append(_make("eager bfloat16", lambda: (other.text2image(model), 0.0, ""), log))
-    if compile_unet:
-        candidates.append(
-            _make(
-                "torch.compile (UNet, inductor)",
-                lambda: (
-                    _wrap(_clone(pipe, unet=torch.compile(pipe.unet)), "compile", per_call),
-                    0.0,
-                    "first request",
-                ),
-                log,
-            )
-        )
     source = sources.resolve("text2image", model, cache_root=cache)  # the registry's own key
     key = openvino.cache_key(
         ref=model, location=source.location, kind=source.kind, dtype=dtype, task="text2image"
     )
-    candidates.append(_make("openvino", lambda: _openvino(pipe, cache, key, per_call, fresh=True), log))
-    restart = _make("openvino, second start", lambda: _openvino(pipe, cache, key, per_call, fresh=False), log)
-    restart.model = None  # only its start-up is measured: one compiled copy less in memory
-    if int8:
+    restart = Candidate("openvino, second start", None)
+
+    def compiled() -> tuple[Any, float, str]:
+        return _wrap(_clone(pipe, unet=torch.compile(pipe.unet)), "compile", per_call), 0.0, "first request"
+
+    def converted() -> tuple[Any, float, str]:
+        made = _openvino(pipe, cache, key, per_call, fresh=True)
+        again = _make(restart.name, lambda: _openvino(pipe, cache, key, per_call, fresh=False), log)
+        restart.setup_seconds, restart.setup_note = again.setup_seconds, again.setup_note
+        return made
+
+    def int8_weights() -> tuple[Any, float, str]:
         int8_key, seconds = _int8_ir(cache, key)
-        built = _make(
-            "openvino int8 weights (NNCF)",
-            lambda: _openvino(pipe, cache, int8_key, per_call, fresh=False),
-            log,
-        )
-        built.setup_seconds += seconds
-        built.setup_note = f"compress {seconds:.0f} s + {built.setup_note}"
-        candidates.append(built)
+        made, setup, note = _openvino(pipe, cache, int8_key, per_call, fresh=False)
+        return made, seconds + setup, f"compress {seconds:.0f} s + {note}"
+
+    # Each group is measured interleaved with the default, then freed: all backends at once held
+    # more than this 24 GiB machine had (18 GiB when the kernel killed the run).
+    group: list[tuple[str, Callable[[], tuple[Any, float, str]]]] = [("openvino", converted)]
+    if compile_unet:
+        group.insert(0, ("torch.compile (UNet, inductor)", compiled))
+    groups = [group]
+    if int8:
+        groups.append([("openvino int8 weights (NNCF)", int8_weights)])
     results = []
-    for size in sizes:
-        params = default.model.complete(_params(size, steps))
-        for c in candidates:
-            c.request, c.step, c.peak_mib = Sample(c.name), Sample(c.name), []
-            log(f"backends: {size} px first request, {c.name}")
-            seconds, _, peak, c.image = _request(c, params)
-            c.first_request = seconds
-        for r in range(rounds):
-            for c in candidates if r % 2 == 0 else candidates[::-1]:
-                seconds, step_times, peak, _ = _request(c, params)
-                c.request.values.append(seconds)
-                c.step.values += step_times
-                c.peak_mib.append(peak)
-            log(f"backends: {size} px round {r + 1}/{rounds} done")
-        results.append(_table(model, size, steps, rounds, candidates, default, restart))
+    for builders in groups:
+        members = candidates + [_make(name, build, log) for name, build in builders]
+        for size in sizes:
+            params = default.model.complete(_params(size, steps))
+            _measure(members, params, rounds, log=lambda text, size=size: log(f"backends: {size} px {text}"))
+            results.append(_table(model, size, steps, rounds, members, default, restart))
+        del members
+        gc.collect()
     return results
+
+
+def _measure(members: list[Candidate], params: Any, rounds: int, *, log: Any) -> None:
+    """A first request of each, then `rounds` rounds in alternating order."""
+    for c in members:
+        c.request, c.step, c.peak_mib = Sample(c.name), Sample(c.name), []
+        log(f"first request, {c.name}")
+        c.first_request, _, _, c.image = _request(c, params)
+    for r in range(rounds):
+        for c in members if r % 2 == 0 else members[::-1]:
+            seconds, step_times, peak, _ = _request(c, params)
+            c.request.values.append(seconds)
+            c.step.values += step_times
+            c.peak_mib.append(peak)
+        log(f"round {r + 1}/{rounds} done")
 
 
 def _table(

@@ -167,7 +167,8 @@ class Tuning:
         "auto",
         "What runs the UNet and the VAE decoder. torch: PyTorch eager. openvino (CPU only, "
         "pip install 'opea-media[openvino]'): converted once from the loaded pipeline and cached under "
-        "the opea-media cache; the first start pays the conversion. auto: torch.",
+        "the opea-media cache (the first start pays about 2 min for SD 2.1); SD 2.1 ran in 0.70x the "
+        "time with the same picture, for 1 GB more memory. auto: torch.",
         choices=BACKENDS,
     )
 
@@ -212,8 +213,9 @@ class Tuning:
         )
 
     def _backend(self, cuda: bool) -> str:
-        # torch: OpenVINO was not faster enough at equal pictures to be the CPU default
-        # (docs/performance.md, "Backends").
+        # torch: OpenVINO's 0.70x at the same picture (2 rounds on a shared machine) needs an
+        # optional package and 1 GB more memory, and SVD-XT is not measured yet (docs/performance.md,
+        # "Backends"): a recommendation, not yet the default.
         if self.backend == "openvino" and cuda:
             raise InvalidInput(
                 "--backend openvino runs on the CPU here; use --device cpu, or --backend torch on CUDA"
