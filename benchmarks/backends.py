@@ -283,79 +283,68 @@ def _table(
 
 def run_cuda(*, rounds: int = 2, log: Any = print) -> list[dict[str, Any]]:
     """GPU, float16: eager against torch.compile, SD 2.1-size 768 px 25 steps and SVD-XT 25 frames x 25 steps."""
-    import torch
     from PIL import Image
 
     from opea_media.models import ModelRegistry
     from opea_media.params import Image2VideoParams
 
-    from .stats import interleave, ratio
-
     registry = ModelRegistry(device="cuda")
-    results = []
     t2i = registry.text2image("random:sd21")
     p = t2i.complete(_params(768, 25))
-    eager_unet = t2i.pipe.unet
-    compiled = torch.compile(eager_unet)
-
-    def text2image(unet: Any) -> Callable[[], Any]:
-        def call() -> Any:
-            t2i.pipe.unet = unet
-            out = t2i.generate([p])
-            torch.cuda.synchronize()
-            return out
-
-        return call
-
-    start = time.perf_counter()
-    text2image(compiled)()
-    first = time.perf_counter() - start
-    log("backends (CUDA): text2image eager vs torch.compile")
-    samples = interleave(
-        {"eager": text2image(eager_unet), "torch.compile": text2image(compiled)}, rounds=rounds
-    )
-    t2i.pipe.unet = eager_unet
-    results.append(
-        {
-            "task": "text2image",
-            "run": "random:sd21 768 px 25 steps float16",
-            "samples": {k: v.summary() for k, v in samples.items()},
-            "ratio": ratio(samples["torch.compile"], samples["eager"]).summary(),
-            "compile_first_request_seconds": first,
-        }
-    )
+    results = [
+        _eager_vs_compiled(
+            t2i.pipe,
+            lambda: t2i.generate([p]),
+            "text2image",
+            "random:sd21 768 px 25 steps float16",
+            rounds,
+            log,
+        )
+    ]
     i2v = registry.image2video("random:svd-xt")
     image = Image.new("RGB", (1024, 576), (90, 120, 200))
     vp = Image2VideoParams(num_frames=25, num_inference_steps=25, seed=SEED)
-    eager_unet = i2v.pipe.unet
-    compiled = torch.compile(eager_unet)
+    run = "random:svd-xt 25 frames 576x1024 25 steps float16"
+    results.append(
+        _eager_vs_compiled(i2v.pipe, lambda: i2v.generate(image, vp), "image2video", run, rounds, log)
+    )
+    return results
 
-    def image2video(unet: Any) -> Callable[[], Any]:
+
+def _eager_vs_compiled(
+    pipe: Any, generate: Callable[[], Any], task: str, run: str, rounds: int, log: Any
+) -> dict[str, Any]:
+    """`generate()` with the pipeline's UNet eager and torch.compile'd, interleaved; the first
+    compiled call (the compile) is timed apart."""
+    import torch
+
+    from .stats import interleave, ratio
+
+    eager = pipe.unet
+    compiled = torch.compile(eager)
+
+    def with_unet(unet: Any) -> Callable[[], Any]:
         def call() -> Any:
-            i2v.pipe.unet = unet
-            out = i2v.generate(image, vp)
+            pipe.unet = unet
+            out = generate()
             torch.cuda.synchronize()
             return out
 
         return call
 
     start = time.perf_counter()
-    image2video(compiled)()
+    with_unet(compiled)()
     first = time.perf_counter() - start
-    log("backends (CUDA): image2video eager vs torch.compile")
-    samples = interleave(
-        {"eager": image2video(eager_unet), "torch.compile": image2video(compiled)}, rounds=rounds
-    )
-    results.append(
-        {
-            "task": "image2video",
-            "run": "random:svd-xt 25 frames 576x1024 25 steps float16",
-            "samples": {k: v.summary() for k, v in samples.items()},
-            "ratio": ratio(samples["torch.compile"], samples["eager"]).summary(),
-            "compile_first_request_seconds": first,
-        }
-    )
-    return results
+    log(f"backends (CUDA): {task} eager vs torch.compile")
+    samples = interleave({"eager": with_unet(eager), "torch.compile": with_unet(compiled)}, rounds=rounds)
+    pipe.unet = eager
+    return {
+        "task": task,
+        "run": run,
+        "samples": {k: v.summary() for k, v in samples.items()},
+        "ratio": ratio(samples["torch.compile"], samples["eager"]).summary(),
+        "compile_first_request_seconds": first,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
