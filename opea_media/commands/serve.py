@@ -302,7 +302,7 @@ def run(config: ServerConfig) -> None:
     """Build the app from `config` and serve it until SIGTERM/SIGINT (exit 0 after draining)."""
     from ..media.store import OutputStore
     from ..server.app import create_app, listening_socket
-    from ..server.job_store import open_store
+    from ..server.job_store import open_store, store_kind
     from ..server.logs import configure_logging
     from ..server.serving import serve_forever
     from ..server.shutdown import drain_on_signals
@@ -350,7 +350,7 @@ def run(config: ServerConfig) -> None:
             "allowed_url_hosts": list(config.allowed_url_hosts),
             "output_dir": str(config.output_folder),
             "data_dir": str(config.data_folder),
-            "jobs_store": "postgresql" if config.jobs_store and config.jobs_store.startswith("postgres") else "sqlite",
+            "jobs_store": store_kind(config.jobs_store),
             "cors_origins": list(config.cors_origins),
             "tuning": dataclasses.asdict(config.tuning),
         },

@@ -18,6 +18,7 @@ from ..config import (
 )
 from ..errors import InvalidInput
 from ..models.tuning import Tuning
+from .job_store import store_kind
 
 MIB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -112,13 +113,7 @@ class ServerConfig:
             raise InvalidInput(
                 f"interrupted_jobs must be one of {', '.join(INTERRUPTED_JOBS)}, got {self.interrupted_jobs!r}"
             )
-        if self.jobs_store is not None and not self.jobs_store.startswith(
-            ("sqlite", "postgresql://", "postgres://")
-        ):
-            raise InvalidInput(
-                "jobs_store must be 'sqlite' or a postgresql:// URL, "
-                f"got one starting {self.jobs_store.split(':', 1)[0][:20]!r}"
-            )
+        store_kind(self.jobs_store)  # refuses anything but sqlite and postgresql:// URLs
         for name in ("request_timeout", "fetch_timeout", "output_retention", "job_lease"):
             if not getattr(self, name) > 0:
                 raise InvalidInput(f"{name} must be more than 0 seconds, got {getattr(self, name)}")

@@ -485,12 +485,23 @@ def _hold_lock(path: Path) -> Any:
     return handle
 
 
+def store_kind(url: str | None) -> str:
+    """"sqlite" or "postgresql" for a --jobs-store value; InvalidInput for anything else (the
+    message shows the scheme only: a URL may hold a password)."""
+    if url is None or url == "sqlite":
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    raise InvalidInput(
+        f"jobs_store must be 'sqlite' or a postgresql:// URL, got one starting {url.split(':', 1)[0][:20]!r}"
+    )
+
+
 def open_store(url: str | None, data_dir: Path) -> SqlJobStore:
     """The store a --jobs-store value names: None (SQLite under data_dir) or postgresql://..."""
-    if url is None or url == "sqlite":
+    if store_kind(url) == "sqlite":
         return SqliteJobStore(data_dir / "jobs.sqlite3")
-    if url.startswith(("postgresql://", "postgres://")):
-        from .job_store_pg import PostgresJobStore
+    from .job_store_pg import PostgresJobStore
 
-        return PostgresJobStore(url)
-    raise InvalidInput("--jobs-store must be sqlite or a postgresql:// URL")
+    assert url is not None
+    return PostgresJobStore(url)
