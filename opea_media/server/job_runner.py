@@ -246,6 +246,8 @@ class JobRunner:
             return model.complete(Text2ImageRequest.model_validate(record.request).params())
         request = dict(record.request)
         names = request.pop("inputs")
+        # The images are the stored files, not sources to fetch: the wire model still wants an entry
+        # per image, and its params are all that is taken from it.
         params = Image2VideoRequest.model_validate(
             {**request, "images_path": [{"image_path": "stored"} for _ in names]}
         ).params()
