@@ -56,6 +56,7 @@ PAYLOADS = {"text2image": T2I, "image2video": I2V}
 # Load during each phase: sequential clients per service (tiny text2image is fast, image2video not).
 CLIENTS = {"text2image": 2, "image2video": 1}
 CONVERGE_TIMEOUT = 300.0
+BROKEN_MODEL = "does-not-exist/anywhere"
 
 
 def docker(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
@@ -102,8 +103,11 @@ class Stack:
             self.service(service),
         )  # fmt: skip
 
-    def converged(self, image: str, model: str = "tiny") -> dict[str, list[str]]:
-        """Wait until every service has REPLICAS healthy tasks of `image` and no update is running."""
+    def converged(self, image: str, model: str = "tiny", extra: bool = False) -> dict[str, list[str]]:
+        """Wait until every service has REPLICAS healthy tasks of `image` and no update is running.
+
+        extra: more than REPLICAS healthy tasks also count (see the broken-update test).
+        """
         deadline = time.monotonic() + CONVERGE_TIMEOUT
         while True:
             states: dict[str, list[str]] = {}
@@ -122,7 +126,8 @@ class Stack:
                     if s.split()[:2] == [image, "healthy"] and f"OPEA_MEDIA_MODEL={model} " in s + " "
                 ]
                 updating = self.update_state(service) in {"updating", "rollback_started", "paused"}
-                done = done and len(ids) == len(good) == REPLICAS and not updating
+                enough = len(good) >= REPLICAS if extra else len(good) == REPLICAS
+                done = done and len(ids) == len(good) and enough and not updating
             if done:
                 return {service: self.containers(service) for service in SERVICES}
             short = {s: [" ".join(x.split()[:2]) for x in v] for s, v in states.items()}
@@ -459,7 +464,6 @@ def test_a_killed_replica_is_replaced_and_no_accepted_request_is_lost(stack: Sta
 def test_an_update_that_never_turns_healthy_gets_no_traffic_and_is_rolled_back(stack: Stack) -> None:
     image = stack.variables["OPEA_MEDIA_IMAGE"]
     before = stack.converged(image)
-    healthy = {stack.address(c) for c in before["text2image"]}
     service = stack.service("text2image")
     listed: set[str] = set()
     broken: set[str] = set()
@@ -470,29 +474,33 @@ def test_an_update_that_never_turns_healthy_gets_no_traffic_and_is_rolled_back(s
         # A short start period for the broken spec only; the rollback restores the old one.
         docker(
             "service", "update", "--detach=true", "--health-start-period", "5s",
-            "--env-add", "OPEA_MEDIA_MODEL=does-not-exist/anywhere", service,
+            "--env-add", f"OPEA_MEDIA_MODEL={BROKEN_MODEL}", service,
         )  # fmt: skip
         deadline = time.monotonic() + 240
         while (state := stack.update_state("text2image")) != "rollback_completed":
             assert time.monotonic() < deadline, f"no rollback within 240 s (update state {state!r})"
             listed |= stack.dns("text2image", via=before["image2video"][0])
             for container in stack.containers("text2image"):
-                if container not in before["text2image"]:
+                # By its spec: a task of the old spec may also start here (below).
+                if f"OPEA_MEDIA_MODEL={BROKEN_MODEL}" in inspect(container, "{{.Config.Env}}"):
                     broken.add(stack.address(container))
             time.sleep(0.5)
         took = time.monotonic() - started
-        after = stack.converged(image)
+        # Swarm's restart policy can replace the failed task with one of the restored spec while
+        # the rollback runs, so the slot keeps a third healthy replica (moby/moby#41804;
+        # docs/deploy.md). It is of the old spec, so it is waited for like the others.
+        after = stack.converged(image, extra=True)
     assert_no_failures(load, "broken update")
     assert broken, "the broken replica was never seen running"
-    assert listed <= healthy, (
-        f"the balancer's DNS listed a replica that was never healthy: {listed - healthy}"
-    )
+    assert not listed & broken, f"the balancer's DNS listed a replica that was never healthy: {listed & broken}"
     tried = {a for r in load.results for a in r.upstreams}
     assert not tried & broken, f"nginx sent requests to the broken replica {tried & broken}"
-    assert set(after["text2image"]) == set(before["text2image"]), "the healthy replicas were kept"
+    assert set(before["text2image"]) <= set(after["text2image"]), "the healthy replicas were kept"
     env = docker("service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}", service)
-    assert "does-not-exist/anywhere" not in env
+    assert BROKEN_MODEL not in env
+    extra = len(after["text2image"]) - REPLICAS
     print(
         f"\nbroken update: rolled back {took:.0f} s after `service update`; {load.summary()}, all 200; "
         f"the broken replica ({', '.join(sorted(broken))}) never listed in DNS nor tried by nginx"
+        + (f"; Swarm left {extra} extra healthy replica(s) of the old spec" if extra else "")
     )
