@@ -1,9 +1,10 @@
 """The benchmark suite: `python -m benchmarks [--quick] [--device cuda] [--only SECTION ...] [--out FOLDER]`.
 
 Prints one table per section and writes results.json and results.md into the output folder.
-Sections: startup, overhead, jobs, concurrency, encoding, levers, backends, memory (in this order; memory last
-because its SVD-XT-size runs take longest). `--device cuda` runs the GPU variant (float16, full
-sizes and step counts, sized for minutes on an H100-class GPU; also `python -m benchmarks.gpu`).
+Sections: shapes, startup, overhead, jobs, concurrency, encoding, levers, backends, memory (in this
+order; memory last because its SVD-XT-size runs take longest). `--device cuda` runs the GPU
+variant (float16, full sizes and step counts, sized for minutes on an H100-class GPU; also
+`python -m benchmarks.gpu`).
 docs/performance.md explains every figure.
 """
 
@@ -21,7 +22,9 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-SECTIONS = ("startup", "overhead", "jobs", "concurrency", "encoding", "levers", "backends", "memory")
+SECTIONS = (
+    "shapes", "startup", "overhead", "jobs", "concurrency", "encoding", "levers", "backends", "memory",
+)  # fmt: skip
 
 
 def usable_cores() -> int:
@@ -118,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_section(section: str, args: argparse.Namespace) -> Any:
-    from . import backends, concurrency, encoding, jobs, levers, memory, overhead, startup
+    from . import backends, concurrency, encoding, jobs, levers, memory, overhead, shapes, startup
 
     quick = args.quick
     log = lambda text: print(f"  {text}", flush=True)  # noqa: E731
+    if section == "shapes":  # a CPU model: measured on the CPU whatever --device says
+        return shapes.run(rounds=5 if quick else 20, limit=40 if quick else None, log=log)
     if args.device == "cuda":
         return run_cuda_section(section, args, log)
     if section == "startup":

@@ -72,7 +72,7 @@ def test_presets_resolve_for_their_task_only(cache_dir: Path) -> None:
         sources.resolve("text2image", "random:svd-xt", cache_root=cache_dir)
     with pytest.raises(ModelUnavailable, match="unknown preset 'random:sd15'; the presets are random:sd21"):
         sources.resolve("text2image", "random:sd15", cache_root=cache_dir)
-    with pytest.raises(ModelUnavailable, match=r"neither a built-in \(tiny, random:sd21, random:svd-xt\)"):
+    with pytest.raises(ModelUnavailable, match=r"neither a built-in \(tiny, shapes, random:sd21, random:svd-xt\)"):
         sources.resolve("text2image", "not a model!", cache_root=cache_dir)
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import DEFAULT_MODELS, DEVICES, DTYPES, TASKS, Task, envvar
+from ..models.sources import BUILTIN_HELP
 from ..models.tuning import DTYPE_HELP, LEVERS, Lever, Tuning, prepare_threading
 from .options import F, LimitType, apply
 
@@ -83,8 +84,7 @@ def model_options(task: Task) -> Callable[[F], F]:
             "--model",
             default=DEFAULT_MODELS[task],
             envvar=envvar(f"{task}_model"),
-            help="A Hugging Face Hub id, a local folder holding a diffusers pipeline, "
-            "or 'tiny' (a small built-in random-weight model for offline smoke runs).",
+            help=f"A Hugging Face Hub id, a local folder holding a diffusers pipeline, {BUILTIN_HELP}.",
         ),
         placement_options(),
         lever_options(task),

@@ -13,6 +13,7 @@ import click
 
 from ..config import DEFAULT_MODELS, TASKS, Task, envvar
 from ..errors import OpeaMediaError
+from ..models.sources import BUILTIN_HELP
 from ..models.tuning import Tuning, prepare_threading
 from ..server.config import (
     BODY_BUDGET_BODIES,
@@ -62,8 +63,8 @@ EXIT_CANNOT_START = 1
 @click.option(
     "--model",
     default=None,
-    help="A Hugging Face Hub id, a local diffusers pipeline folder, or 'tiny' (a small built-in "
-    "random-weight model for smoke tests). Default: $OPEA_MEDIA_TEXT2IMAGE_MODEL or "
+    help=f"A Hugging Face Hub id, a local diffusers pipeline folder, {BUILTIN_HELP}. "
+    "Default: $OPEA_MEDIA_TEXT2IMAGE_MODEL or "
     "$OPEA_MEDIA_IMAGE2VIDEO_MODEL "
     f"(the variable of the chosen service), else {DEFAULT_MODELS['text2image']} for text2image and "
     f"{DEFAULT_MODELS['image2video']} for image2video.",

@@ -16,7 +16,13 @@ from ..errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny",)
+BUILTIN_MODELS = ("tiny", "shapes")
+# Which task each trained built-in serves (tiny has a random-weight pipeline for every task).
+TRAINED_BUILTINS: dict[str, Task] = {"shapes": "text2image"}
+BUILTIN_HELP = (
+    "'shapes' (built in, trained by the project: draws simple prompts such as \"a red circle on a "
+    "blue background\", offline; text2image) or 'tiny' (built in, random weights, for smoke runs)"
+)
 # Full-size random-weight pipelines for benchmarks (presets.py); named here so that resolving any
 # other reference does not import them.
 PRESET_MODELS: dict[str, Task] = {"random:sd21": "text2image", "random:svd-xt": "image2video"}
@@ -37,7 +43,7 @@ _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 WAYS_OUT = (
     "Ways out: connect to huggingface.co and retry (set HF_TOKEN for gated models), "
     "pass a local folder holding the pipeline with --model PATH, "
-    "or use --model tiny for an offline smoke run."
+    "or use a built-in model: --model shapes (text2image) or --model tiny (random weights)."
 )
 
 
@@ -99,6 +105,12 @@ def task_of_pipeline(class_name: str) -> Task | None:
 
 def resolve(task: Task, ref: str, *, cache_root: Path) -> ModelSource:
     """Find the folder to load; raises ModelUnavailable with a way out when there is none."""
+    if ref in TRAINED_BUILTINS:
+        if TRAINED_BUILTINS[ref] != task:
+            raise ModelUnavailable(f"{ref} is a built-in {TRAINED_BUILTINS[ref]} model; for {task} use tiny")
+        from .shapes import FOLDER
+
+        return ModelSource(ref, "builtin", str(FOLDER), weight_files(FOLDER))
     if ref in BUILTIN_MODELS:
         from .tiny import ensure_tiny
 
