@@ -263,7 +263,9 @@ def test_defaults_deploy_both_services_on_the_spec_ports_with_real_probes(
                 "image2video": "stabilityai/stable-video-diffusion-img2vid-xt",
             }[name]
         )
-        assert (config["OPEA_MEDIA_DEVICE"], config["OPEA_MEDIA_DTYPE"]) == ("auto", "auto")
+        assert (config["OPEA_MEDIA_DEVICE"], config["OPEA_MEDIA_DTYPE"], config["OPEA_MEDIA_BACKEND"]) == (
+            "auto", "auto", "auto",
+        )  # fmt: skip
         assert deployment["spec"]["replicas"] == 1
         assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
         # No token and no key configured: no secret variables at all, and no Secret object.
