@@ -16,9 +16,10 @@ from ..errors import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny", "shapes")
-# Which task each trained built-in serves (tiny has a random-weight pipeline for every task).
+# The trained built-ins (in the package) and the one task each serves; tiny has a random-weight
+# pipeline for every task.
 TRAINED_BUILTINS: dict[str, Task] = {"shapes": "text2image"}
+BUILTIN_MODELS = ("tiny", *TRAINED_BUILTINS)
 BUILTIN_HELP = (
     "'shapes' (built in, trained by the project: draws simple prompts such as \"a red circle on a "
     "blue background\", offline; text2image) or 'tiny' (built in, random weights, for smoke runs)"
