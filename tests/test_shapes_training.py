@@ -36,6 +36,8 @@ def test_the_training_script_is_deterministic_and_makes_a_loadable_pipeline(tmp_
     assert {p.name for p in (first / "tokenizer").iterdir()} >= {"tokenizer.json", "vocab.json", "merges.txt"}
     for path in weights:
         assert (first / path).read_bytes() == (second / path).read_bytes(), path
+    # Readable by others: the service in the image runs as its own user.
+    assert all((p.stat().st_mode & 0o044) == 0o044 for p in first.rglob("*") if p.is_file())
     model = ModelRegistry(device="cpu", cache_dir=tmp_path / "cache").text2image(str(first))
     image = model.generate([Text2ImageParams(prompt="a red circle", seed=0, num_inference_steps=2)])[0][0]
     assert image.size == (64, 64)

@@ -47,7 +47,14 @@ from diffusers import (
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from opea_media.models import shapes
-from opea_media.models.tiny import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, SD21_SCHEDULER, _byte_symbols
+from opea_media.models.tiny import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    SD21_SCHEDULER,
+    _byte_symbols,
+    _make_readable,
+)
 
 MAX_TOKENS = 32  # the longest caption is 12 tokens; longer prompts are cut, as CLIP cuts at 77
 
@@ -286,6 +293,7 @@ def main() -> None:
         "log": log,
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _make_readable(args.out)  # safetensors writes owner-only files; the service runs as another user
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {args.out} in {summary['minutes']:.1f} min", flush=True)
 
