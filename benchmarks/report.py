@@ -137,16 +137,17 @@ def tables(section: str, data: dict[str, Any]) -> list[tuple[str, list[str], lis
             )
         ]
     if section == "shapes":
+        from opea_media.models.shapes import ATTRIBUTES
+
         quality = [
-            [f"{r['guidance']:g}", str(r["n"]), *(f"{r['share'][k]:.0%}" for k in
-             ("background", "position", "colour", "shape", "all"))]
+            [f"{r['guidance']:g}", str(r["n"]), *(f"{r['share'][k]:.0%}" for k in (*ATTRIBUTES, "all"))]
             for r in f["quality"]
-        ]  # fmt: skip
+        ]
         speed = [[f"64 px, {r['steps']} steps", _s(r), str(r["n"])] for r in f["speed"]]
         return [
             (
                 f"Built-in {f['model']}: held-out prompts read back right (share of pictures)",
-                ["guidance", "prompts", "background", "position", "colour", "shape", "all four"],
+                ["guidance", "prompts", *ATTRIBUTES, "all four"],
                 quality,
             ),
             (f"Built-in {f['model']}: one picture (median [p25-p75])", ["request", "seconds", "n"], speed),

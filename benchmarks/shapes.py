@@ -19,7 +19,6 @@ from typing import Any
 from .stats import Sample
 
 GUIDANCE = (1.0, 7.5)
-ATTRIBUTES = ("background", "position", "colour", "shape")
 
 
 def load(model: str) -> Any:
@@ -41,16 +40,17 @@ def draw(model: Any, prompt: str, *, seed: int, guidance: float, steps: int = 25
 def quality(model: Any, guidance: float, *, limit: int | None = None) -> dict[str, Any]:
     from opea_media.models import shapes
 
-    scenes = [s for s in shapes.all_scenes() if shapes.held_out(s)][:limit]
-    right = dict.fromkeys((*ATTRIBUTES, "all"), 0)
-    misses: list[str] = []
-    for seed, scene in enumerate(scenes):
-        agrees = shapes.read(draw(model, scene.prompt(), seed=seed, guidance=guidance)).agrees(scene)
-        for name, ok in agrees.items():
-            right[name] += ok
-        right["all"] += all(agrees.values())
-        if not all(agrees.values()) and len(misses) < 5:
-            misses.append(f"{scene.prompt()!r}: wrong {', '.join(k for k, ok in agrees.items() if not ok)}")
+    scenes = shapes.held_out_scenes()[:limit]
+    agreements = [
+        shapes.read(draw(model, scene.prompt(), seed=seed, guidance=guidance)).agrees(scene)
+        for seed, scene in enumerate(scenes)
+    ]
+    misses = [
+        f"{scene.prompt()!r}: wrong {', '.join(k for k, ok in agrees.items() if not ok)}"
+        for scene, agrees in zip(scenes, agreements, strict=True)
+        if not all(agrees.values())
+    ][:5]
+    right = shapes.tally(agreements)
     return {"guidance": guidance, "n": len(scenes), "share": {k: v / len(scenes) for k, v in right.items()},
             "misses": misses}  # fmt: skip
 
@@ -86,7 +86,7 @@ def gallery(model: Any, path: Path, *, count: int = 8, scale: int = 3) -> None:
 
     from opea_media.models import shapes
 
-    scenes = [s for s in shapes.all_scenes() if shapes.held_out(s)][:count]
+    scenes = shapes.held_out_scenes()[:count]
     side, caption, columns = shapes.SIZE * scale, 34, 4
     rows = -(-count // columns)
     sheet = Image.new("RGB", (columns * (side + 8) + 8, rows * (side + caption + 8) + 8), "white")

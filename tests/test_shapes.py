@@ -22,7 +22,7 @@ from opea_media.errors import ModelUnavailable
 from opea_media.models import shapes
 from opea_media.params import Text2ImageParams
 
-HELD_OUT = [s for s in shapes.all_scenes() if shapes.held_out(s)]
+HELD_OUT = shapes.held_out_scenes()
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,10 @@ def draw(model, prompt: str, seed: int = 0, **extra) -> Image.Image:  # type: ig
 def scores(model, start: int, stop: int, **extra) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """How many of HELD_OUT[start:stop] come out right, per attribute; seed = the scene's index
     (as benchmarks/shapes.py draws them)."""
-    right = dict.fromkeys(("background", "position", "colour", "shape", "all"), 0)
-    for seed in range(start, stop):
-        scene = HELD_OUT[seed]
-        agrees = shapes.read(draw(model, scene.prompt(), seed=seed, **extra)).agrees(scene)
-        for name, ok in agrees.items():
-            right[name] += ok
-        right["all"] += all(agrees.values())
-    return right
+    return shapes.tally(
+        shapes.read(draw(model, HELD_OUT[seed].prompt(), seed=seed, **extra)).agrees(HELD_OUT[seed])
+        for seed in range(start, stop)
+    )
 
 
 def test_the_checker_reads_every_training_picture_right() -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,11 @@ def held_out(scene: Scene) -> bool:
     return hashlib.sha256(scene.prompt().encode()).digest()[0] % 8 == 0
 
 
+def held_out_scenes() -> list[Scene]:
+    """The 111 scenes the quality figures are measured on, in a fixed order (seed = index)."""
+    return [s for s in all_scenes() if held_out(s)]
+
+
 def draw(scene: Scene, rng: random.Random, size: int = SIZE) -> Image.Image:
     """The scene, with the jitter of training: the object's size and place vary a little."""
     scale = 4  # drawn large and shrunk: smooth edges
@@ -133,6 +139,19 @@ class Reading:
             "position": self.position == scene.position,
             "shape": self.shape == scene.shape,
         }
+
+
+ATTRIBUTES = ("background", "position", "colour", "shape")
+
+
+def tally(agreements: Iterable[dict[str, bool]]) -> dict[str, int]:
+    """How many pictures got each attribute right (Reading.agrees of each), and all four."""
+    right = dict.fromkeys((*ATTRIBUTES, "all"), 0)
+    for agrees in agreements:
+        for name, ok in agrees.items():
+            right[name] += ok
+        right["all"] += all(agrees.values())
+    return right
 
 
 def read(image: Image.Image) -> Reading:
@@ -189,4 +208,7 @@ def training_prompt(scene: Scene, rng: random.Random) -> str:
     )
 
 
-__all__ = ["FOLDER", "Reading", "Scene", "all_scenes", "describe", "draw", "held_out", "read", "replace"]
+__all__ = [
+    "ATTRIBUTES", "FOLDER", "Reading", "Scene", "all_scenes", "describe", "draw", "held_out",
+    "held_out_scenes", "read", "tally",
+]  # fmt: skip
