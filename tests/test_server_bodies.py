@@ -17,9 +17,9 @@ from opea_media.server.config import MIB, ServerConfig
 FAST = {"num_inference_steps": 2}
 
 
-def head(path: str, length: int | None, content_type: str = "application/json") -> bytes:
+def head(path: str, length: int | None, content_type: str = "application/json", extra: str = "") -> bytes:
     size = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{size}\r\n\r\n".encode()
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{size}\r\n{extra}\r\n".encode()
 
 
 async def answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], dict[str, Any]]:
@@ -77,6 +77,47 @@ async def test_a_body_past_the_budget_gets_503_before_it_is_read(
     response = await client.post("/v1/text2image", json={"prompt": "after", **FAST})
     assert response.status == 200, await response.text()
     assert await held_bytes(client) == 0
+
+
+async def test_a_client_that_expects_100_continue_is_told_to_send_only_what_will_be_read(
+    server_client: Any, server_tiny_t2i: Any
+) -> None:
+    # curl and most HTTP libraries send Expect: 100-continue before a large body and wait for the
+    # go-ahead: a refused body must get its refusal instead, and never be uploaded.
+    client = await server_client(
+        server_tiny_t2i, max_body_bytes=MIB, max_body_budget_bytes=MIB + 1000, api_key="secret"
+    )
+    data = json.dumps({"prompt": "expected", **FAST}).encode()
+    expect, key = "Expect: 100-continue\r\n", "Authorization: Bearer secret\r\n"
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head("/v1/text2image", len(data), extra=expect + key))
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(data)
+    status, _, body = await answer(reader)
+    assert status == b"HTTP/1.1 200 OK", body
+    writer.close()
+
+    for refused, extra in ((b"401", expect + "Authorization: Bearer wrong\r\n"), (b"413", expect + key)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(head("/v1/text2image", 2 * MIB if refused == b"413" else 5000, extra=extra))
+        await writer.drain()
+        status, _, body = await answer(reader)  # the final answer comes first, no 100 before it
+        assert status.startswith(b"HTTP/1.1 " + refused), body
+        writer.close()
+
+    _, hog = await asyncio.open_connection("127.0.0.1", client.port)
+    hog.write(head("/v1/text2image", MIB - 100, extra=key) + b"{")
+    await hog.drain()
+    await until_held(client, lambda held: held >= MIB - 100)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head("/v1/text2image", 5000, extra=expect + key))
+    await writer.drain()
+    status, headers, body = await answer(reader)
+    assert status == b"HTTP/1.1 503 Service Unavailable" and headers["retry-after"] == "1", body
+    writer.close()
+    hog.close()
 
 
 async def test_the_budget_is_released_once_the_images_are_decoded(

@@ -21,7 +21,7 @@ from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
 from .allocator import Trimmer
-from .bodies import BodyBudget, body_budget_middleware
+from .bodies import BodyBudget, body_budget_middleware, defer_continue
 from .config import ServerConfig
 from .job_runner import jobs_context
 from .job_store import SqlJobStore
@@ -105,7 +105,9 @@ def create_app(
     )
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app[ROUTE_OF] = {
-        app.router.add_route(route.method, route.path, route.handler): route
+        app.router.add_route(
+            route.method, route.path, route.handler, expect_handler=defer_continue
+        ): route
         for route in routes_for(config.service)
     }
     app.cleanup_ctx.append(_model_worker)

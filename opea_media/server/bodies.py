@@ -6,6 +6,10 @@ the whole size limit when the length is not known in advance (chunked, or compre
 body's length says nothing of what it unpacks to). Past the budget it gets 503 with Retry-After
 at once. The reservation lasts until the handler has turned the body into what it keeps (parsed,
 images decoded and fitted: `body_done`), or else until the request ends.
+
+A client that sends `Expect: 100-continue` waits for the go-ahead before it sends its body; that
+goes out only once the API key and the budget have let the request in, so a refused upload is
+never sent at all.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..errors import BodyBudgetFull, BodyTimeout
@@ -85,15 +89,32 @@ def reservation_size(request: web.Request, max_bytes: int) -> int:
     return min(length, max_bytes)  # a longer one gets 413 before it is read
 
 
+async def defer_continue(request: web.Request) -> None:
+    """The routes' Expect handler: aiohttp's default answers 100 Continue before any middleware has
+    run; this one leaves it to body_budget_middleware (an unknown expectation still gets 417)."""
+    expect = request.headers.get(hdrs.EXPECT, "").lower()
+    if request.version == HttpVersion11 and expect != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"unknown Expect: {expect}")
+
+
+async def _send_continue(request: web.Request, max_bytes: int) -> None:
+    if (request.content_length or 0) > max_bytes:
+        return  # the handler answers 413 without reading it
+    if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
+
+
 @web.middleware
 async def body_budget_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Reserve a routed request's body before its handler reads a byte of it; release it at the end."""
     if not request.body_exists or request.match_info.http_exception is not None:  # no body, 404, 405
         return await handler(request)
-    size = reservation_size(request, request.app[CONFIG].max_body_bytes)
-    reservation = request.app[BODY_BUDGET].reserve(size)
+    max_bytes = request.app[CONFIG].max_body_bytes
+    reservation = request.app[BODY_BUDGET].reserve(reservation_size(request, max_bytes))
     request[_RESERVATION] = reservation
     try:
+        await _send_continue(request, max_bytes)
         return await handler(request)
     finally:
         reservation.release()
