@@ -215,18 +215,24 @@ def decode_base64_image(text: str, *, field: str) -> bytes:
         if b"+" in data or b"/" in data:
             raise InvalidInput("mixes the standard and URL-safe base64 alphabets", field=field)
         data = data.translate(_URL_SAFE_TO_STANDARD)
-    bad = data.translate(None, _BASE64_CHARACTERS)
-    if bad:
-        _refuse_character(data, bad, field)
-    core = data.rstrip(b"=")
-    if b"=" in core or len(data) - len(core) > 2 or len(core) % 4 == 1:
+    for at in range(0, len(data), _BASE64_SLICE):
+        bad = data[at : at + _BASE64_SLICE].translate(None, _BASE64_CHARACTERS)
+        if bad:
+            _refuse_character(data, bad, field)
+    tail = data[-3:]
+    length = len(data) - (len(tail) - len(tail.rstrip(b"=")))  # without the '=' padding
+    if data.find(b"=", 0, length) >= 0 or len(data) - length > 2 or length % 4 == 1:
         raise InvalidInput("is not valid base64: its length or '=' padding is wrong", field=field)
-    whole = memoryview(core + b"=" * (-len(core) % 4))
+    view, padding = memoryview(data)[:length], b"=" * (-length % 4)
     try:
         decoded = b"".join(
-            binascii.a2b_base64(whole[at : at + _BASE64_SLICE], strict_mode=True)
-            for at in range(0, len(whole), _BASE64_SLICE)
-        )
+            binascii.a2b_base64(
+                view[at : at + _BASE64_SLICE] if at + _BASE64_SLICE < length
+                else bytes(view[at:]) + padding,
+                strict_mode=True,
+            )
+            for at in range(0, length, _BASE64_SLICE)
+        )  # fmt: skip
     except binascii.Error:
         raise InvalidInput("is not valid base64", field=field) from None
     if not decoded:
