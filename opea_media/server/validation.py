@@ -278,22 +278,16 @@ def _put_back(data: Any, lifted: dict[str, str]) -> None:
     stack = [data]
     while stack and lifted:
         node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in list(node.items()):
-                if key in lifted:
-                    del node[key]
-                    key = lifted.pop(key)
-                    node[key] = value
-                if isinstance(value, str) and value in lifted:
-                    node[key] = lifted.pop(value)
-                elif isinstance(value, dict | list):
-                    stack.append(value)
-        else:
-            for index, value in enumerate(node):
-                if isinstance(value, str) and value in lifted:
-                    node[index] = lifted.pop(value)
-                elif isinstance(value, dict | list):
-                    stack.append(value)
+        is_object = isinstance(node, dict)
+        for key, value in list(node.items()) if is_object else list(enumerate(node)):
+            if is_object and key in lifted:
+                del node[key]
+                key = lifted.pop(key)
+                node[key] = value
+            if isinstance(value, str) and value in lifted:
+                node[key] = lifted.pop(value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
 
 
 def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
