@@ -105,9 +105,8 @@ class Stack:
         ids = docker("service", "ps", "-q", "--no-trunc", self.service(service)).split()
         if not ids:
             return {}
-        rows = docker(
-            "inspect", "--format", "{{.ID}} {{.Status.State}} {{.Status.Err}}; {{.Spec.ContainerSpec.Env}}", *ids
-        ).splitlines()
+        row = "{{.ID}} {{.Status.State}} {{.Status.Err}}; {{.Spec.ContainerSpec.Env}}"
+        rows = docker("inspect", "--format", row, *ids).splitlines()
         return {r.split()[0]: r.split(None, 2)[2] for r in rows if r.split()[1] == "failed"}
 
     def update_state(self, service: str) -> str:
