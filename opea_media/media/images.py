@@ -14,6 +14,7 @@ from typing import NoReturn
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ..errors import InvalidInput, OpeaMediaError
+from .lane import one_at_a_time
 
 MAX_INPUT_PIXELS = 4096 * 4096
 MIN_INPUT_SIDE = 8
@@ -187,6 +188,7 @@ def is_data_uri(text: str) -> bool:
     return text.lstrip()[:5].lower() == "data:"
 
 
+@one_at_a_time
 def decode_base64_image(text: str, *, field: str) -> bytes:
     """Bytes from a `data:image/...;base64,` URI or bare base64 (standard or URL-safe).
 

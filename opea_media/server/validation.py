@@ -19,6 +19,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from ..errors import InvalidInput
+from ..media.lane import one_at_a_time
 from ..params import NO_NUL_PATTERN, NOT_BLANK_PATTERN, Number, Rule, Text
 from .bodies import body_done, read_body
 from .keys import CONFIG, IO_POOL
@@ -290,6 +291,7 @@ def _put_back(data: Any, lifted: dict[str, str]) -> None:
                 stack.append(value)
 
 
+@one_at_a_time
 def parse_json_object(body: bytes | bytearray) -> dict[str, Any]:
     if not body or body.isspace():  # not strip(): that copies megabytes
         raise InvalidInput("the request body is empty; send a JSON object")
