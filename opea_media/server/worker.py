@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 LOADING_RETRY_AFTER = 10  # seconds: a model loads in seconds (cached) to minutes (downloading)
 _MAX_RETRY_AFTER = 600
 
+_heap_frozen = threading.Event()
+
+
+def _freeze_heap_once() -> None:
+    """After the process's first model load: what lives then (modules, the pipeline's tensors)
+    lives as long as the process, so it leaves the garbage collector's view. Unfrozen, a full
+    collection walked it in 0.2-0.3 s with the GIL held, a stall of every request
+    (docs/reliability.md). Once: `serve` loads one model; a test process loads many."""
+    if not _heap_frozen.is_set():
+        _heap_frozen.set()
+        gc.collect()
+        gc.freeze()
+
 
 class InferenceWorker:
     """Runs the model's handle and its queue; the event loop only submits and cancels jobs."""
@@ -197,11 +210,7 @@ class InferenceWorker:
                 model = self.handle.load()
             except OpeaMediaError:
                 return  # the handle keeps the reason; health checks and every 503 report it
-            # What lives now lives as long as the process (modules, the pipeline's tensors):
-            # frozen, a full collection no longer walks it. Unfrozen, one took 0.2-0.3 s with
-            # the interpreter held, a stall of every request (docs/reliability.md).
-            gc.collect()
-            gc.freeze()
+            _freeze_heap_once()
             while True:
                 batch = self._next_batch()
                 if batch is None:
