@@ -60,14 +60,11 @@ def server_client(aiohttp_client, tmp_path_factory):  # type: ignore[no-untyped-
 
     from opea_media.server.app import create_app
     from opea_media.server.config import ServerConfig
-    from opea_media.server.keys import CONFIG
+    from opea_media.server.serving import runner_options
 
     class ProductionTestServer(TestServer):
         async def _make_runner(self, **kwargs):  # type: ignore[no-untyped-def]
-            kwargs["handler_cancellation"] = False  # what serving() leaves it at
-            kwargs["keepalive_timeout"] = self.app[CONFIG].keepalive_timeout
-            kwargs["lingering_time"] = self.app[CONFIG].body_timeout
-            return web.AppRunner(self.app, **kwargs)
+            return web.AppRunner(self.app, **{**kwargs, **runner_options(self.app)})
 
     async def make(handle=None, *, wait_ready: bool = True, **options):  # type: ignore[no-untyped-def]
         # Each app its own data folder: a SQLite jobs store belongs to one service at a time.

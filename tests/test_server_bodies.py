@@ -12,6 +12,7 @@ import pytest
 from server_support import b64, png_bytes
 
 from opea_media.errors import InvalidInput
+from opea_media.server import bodies
 from opea_media.server.config import MIB, ServerConfig
 
 FAST = {"num_inference_steps": 2}
@@ -19,7 +20,9 @@ FAST = {"num_inference_steps": 2}
 
 def head(path: str, length: int | None, content_type: str = "application/json", extra: str = "") -> bytes:
     size = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{size}\r\n{extra}\r\n".encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{size}\r\n{extra}\r\n".encode()
+    )
 
 
 async def answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], dict[str, Any]]:
@@ -179,6 +182,64 @@ async def test_a_body_that_arrives_in_time_is_served(server_client: Any, server_
     writer.write(data[10:])
     status, _, body = await answer(reader)
     assert status == b"HTTP/1.1 200 OK", body
+    writer.close()
+
+
+# --- the rest of a refused body ---------------------------------------------------------------------------
+
+
+async def send_until(
+    writer: asyncio.StreamWriter, total: int, seconds: float
+) -> tuple[int, BaseException | None]:
+    """Send up to `total` bytes of JSON whitespace for `seconds`: how many went, and what ended it."""
+    sent, piece = 0, b" " * (256 * 1024)
+    try:
+        async with asyncio.timeout(seconds):
+            while sent < total:
+                writer.write(piece)
+                await writer.drain()
+                sent += len(piece)
+    except TimeoutError:
+        return sent, None
+    except OSError as exc:
+        return sent, exc
+    return sent, None
+
+
+async def test_a_refused_body_is_answered_first_then_read_paced(
+    server_client: Any, server_tiny_t2i: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bodies, "DRAIN_RATE", 2 * MIB)
+    monkeypatch.setattr(bodies, "UNPACED_BYTES", 0)
+    client = await server_client(server_tiny_t2i, max_body_bytes=MIB)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head("/v1/text2image", 64 * MIB) + b"{")
+    sending = asyncio.ensure_future(send_until(writer, 64 * MIB, seconds=2.0))
+    status, _, body = await answer(reader)  # while the client is still sending
+    assert status.startswith(b"HTTP/1.1 413"), body
+    assert not sending.done()
+    assert (await client.get("/health")).status == 200  # the service serves on meanwhile
+    sent, error = await sending
+    # 2 s at 2 MiB/s, plus what the sockets' buffers hold: far from the 64 MiB a client sends in
+    # that time when the service reads as fast as it can (aiohttp's own lingering read).
+    assert error is None and sent < 24 * MIB, (sent, error)
+    writer.close()
+    assert (await client.post("/v1/text2image", json={"prompt": "after", **FAST})).status == 200
+
+
+async def test_a_refused_body_still_coming_after_the_body_timeout_is_cut_off(
+    server_client: Any, server_tiny_t2i: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bodies, "DRAIN_RATE", 1 * MIB)
+    client = await server_client(server_tiny_t2i, max_body_bytes=MIB, body_timeout=1.0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(head("/v1/text2image", 256 * MIB) + b"{")
+    sending = asyncio.ensure_future(send_until(writer, 256 * MIB, seconds=20.0))
+    status, _, _ = await answer(reader)
+    assert status.startswith(b"HTTP/1.1 413")
+    # The service closes the connection (with the rest unread: a reset), long before 20 s.
+    sent, error = await asyncio.wait_for(sending, 10)
+    assert isinstance(error, ConnectionError) and sent < 128 * MIB, (sent, error)
     writer.close()
 
 

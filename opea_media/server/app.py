@@ -21,7 +21,7 @@ from ..media.store import OutputStore
 from ..models.handle import ModelHandle
 from ..models.registry import ModelRegistry
 from .allocator import Trimmer
-from .bodies import BodyBudget, body_budget_middleware, defer_continue
+from .bodies import BodyBudget, body_budget_middleware, defer_continue, drain_middleware
 from .config import ServerConfig
 from .job_runner import jobs_context
 from .job_store import SqlJobStore
@@ -80,7 +80,7 @@ def create_app(
     worker = InferenceWorker(
         handle=handle, max_queue=config.max_queue, max_batch_size=config.max_batch_size, metrics=metrics
     )
-    middlewares: list[Middleware] = [access_middleware]
+    middlewares: list[Middleware] = [drain_middleware(), access_middleware]
     if config.cors_origins:
         middlewares.append(cors_middleware(config.cors_origins))  # preflights carry no API key
     middlewares.append(error_middleware)
@@ -105,9 +105,7 @@ def create_app(
     )
     app[OPENAPI] = json.dumps(openapi_document(config), indent=1).encode("utf-8")
     app[ROUTE_OF] = {
-        app.router.add_route(
-            route.method, route.path, route.handler, expect_handler=defer_continue
-        ): route
+        app.router.add_route(route.method, route.path, route.handler, expect_handler=defer_continue): route
         for route in routes_for(config.service)
     }
     app.cleanup_ctx.append(_model_worker)

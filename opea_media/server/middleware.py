@@ -142,7 +142,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
     """Send the answer now, then close the connection: the rest of the request is not coming, and
-    aiohttp would otherwise wait for it (its lingering read) before closing."""
+    bodies.drain_middleware would otherwise wait for it before closing."""
     response.force_close()
     response.headers[REQUEST_ID_HEADER] = request_id_var.get() or ""
     await response.prepare(request)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
@@ -89,22 +90,26 @@ class CappedSockSite(web.SockSite):
         self._server = await asyncio.get_running_loop().create_server(protocol, sock=self._sock)
 
 
+def runner_options(app: web.Application) -> dict[str, Any]:
+    """How aiohttp serves the app, here and in the tests' server."""
+    return {
+        "access_log": None,  # the access middleware writes JSON access lines with request ids
+        "keepalive_timeout": app[CONFIG].keepalive_timeout,
+        "handler_cancellation": False,  # aiohttp's default; the service notices disconnects itself
+        # After an early answer (503, 413) the rest of the body is read and dropped, paced, by
+        # bodies.drain_middleware: aiohttp's own lingering read would go as fast as the client.
+        "lingering_time": 0,
+        "shutdown_timeout": CLOSE_TIMEOUT,
+    }
+
+
 @contextlib.asynccontextmanager
 async def serving(
     app: web.Application, sock: socket.socket, *, handle_signals: bool = False
 ) -> AsyncIterator[web.AppRunner]:
     """The app started and served on `sock` as `serve` runs it; stopped and cleaned up on exit."""
     config = app[CONFIG]
-    runner = web.AppRunner(
-        app,
-        handle_signals=handle_signals,
-        access_log=None,  # the access middleware writes JSON access lines with request ids
-        keepalive_timeout=config.keepalive_timeout,
-        # After an early answer (503, 413) the rest of the body is read and dropped, so that the
-        # client, still sending, gets to read that answer: for as long as a body may take.
-        lingering_time=config.body_timeout,
-        shutdown_timeout=CLOSE_TIMEOUT,
-    )
+    runner = web.AppRunner(app, handle_signals=handle_signals, **runner_options(app))
     await runner.setup()
     try:
         refused = app[METRICS].connections_refused
