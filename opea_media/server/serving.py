@@ -96,8 +96,8 @@ def runner_options(app: web.Application) -> dict[str, Any]:
         "access_log": None,  # the access middleware writes JSON access lines with request ids
         "keepalive_timeout": app[CONFIG].keepalive_timeout,
         "handler_cancellation": False,  # aiohttp's default; the service notices disconnects itself
-        # After an early answer (503, 413) the rest of the body is read and dropped, paced, by
-        # bodies.drain_middleware: aiohttp's own lingering read would go as fast as the client.
+        # The rest of a body after an early answer is bodies.drain_middleware's (paced): aiohttp's
+        # own lingering read would go as fast as the client sends.
         "lingering_time": 0,
         "shutdown_timeout": CLOSE_TIMEOUT,
     }
