@@ -3,6 +3,7 @@ pickles, each in a folder saved by diffusers' own save_pretrained."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -189,7 +190,16 @@ def test_a_load_failure_names_the_missing_file_and_the_variant(
     from opea_media.cli import cli
 
     (folders["full"] / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    args = ["generate-image", "a cat", "--model", str(folders["full"]), "--steps", "1", "-o", str(tmp_path / "c.png")]
+    args = [
+        "generate-image",
+        "a cat",
+        "--model",
+        str(folders["full"]),
+        "--steps",
+        "1",
+        "-o",
+        str(tmp_path / "c.png"),
+    ]
     failed = CliRunner().invoke(cli, args, env={"OPEA_MEDIA_CACHE": str(cache_dir)})
     assert failed.exit_code == 3
     (line,) = failed.stderr.strip().splitlines()
@@ -255,3 +265,71 @@ def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
         Mapping("/m/unet/diffusion_pytorch_model.safetensors", 0x7F0000000000, 0x4000, resident_kb=16),
         Mapping("/m/vae/diffusion_pytorch_model.fp16.safetensors", 0x7F0000004000, 0x2000, written_kb=4),
     ]
+
+
+_HUB_LOAD = """
+import json, sys
+from pathlib import Path
+from benchmarks.downloads import plan
+from opea_media.models import ModelRegistry
+repo, dtype, cache = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+planned = plan("text2image", repo, half_precision=dtype != "float32", cache_root=cache)
+model = ModelRegistry(device="cpu", dtype=dtype, cache_dir=cache).text2image(repo)
+print(json.dumps({"planned": planned, "mark": float(model.pipe.unet.conv_in.bias[0].detach())}))
+"""
+
+
+def test_a_hub_download_fetches_only_the_weights_of_the_runs_precision(
+    folders: dict[str, Path], tiny_t2i: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    # A repo as SD 2.1's is on the Hub: full and fp16 files, pickles beside them and a single-file
+    # checkpoint at the top. Served by a local stand-in for the Hub that diffusers talks to unchanged.
+    from benchmarks.hub import serve_hub
+
+    repo = folders["both"]
+    _save(tiny_t2i.pipe, repo, safe=False)
+    (repo / "v2-1_768-ema-pruned.safetensors").write_bytes(
+        (repo / "unet/diffusion_pytorch_model.safetensors").read_bytes()
+    )
+    root = Path(__file__).resolve().parents[1]
+    with serve_hub({"someone/sd21": repo}) as hub:
+        for dtype, mark, weights in (
+            (
+                "bfloat16",
+                0.5,
+                {
+                    "unet/diffusion_pytorch_model.fp16.safetensors",
+                    "vae/diffusion_pytorch_model.fp16.safetensors",
+                    "text_encoder/model.fp16.safetensors",
+                },
+            ),
+            (
+                "float32",
+                0.25,
+                {
+                    "unet/diffusion_pytorch_model.safetensors",
+                    "vae/diffusion_pytorch_model.safetensors",
+                    "text_encoder/model.safetensors",
+                },
+            ),
+        ):
+            hub.downloads.clear()
+            env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+            env |= {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / f"hf-{dtype}")}
+            out = subprocess.run(
+                [sys.executable, "-c", _HUB_LOAD, "someone/sd21", dtype, str(cache_dir)],
+                env=env,
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert out.returncode == 0, out.stderr
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            assert result["mark"] == mark
+            fetched = {path for _, path in hub.downloads}
+            assert {p for p in fetched if p.endswith((".safetensors", ".bin"))} == weights
+            # The figures the README gives come from this plan: it is what the load fetched.
+            assert {path: size for path, size in result["planned"]} == {
+                p: (repo / p).stat().st_size for p in fetched
+            }

@@ -126,9 +126,8 @@ class ModelRegistry:
                 pipe = DiffusionPipeline.from_pretrained(
                     source.location,
                     dtype=placement.dtype,
-                    variant=weights.variant,
-                    use_safetensors=None if weights.pickled else True,
                     local_files_only=source.cached_only,
+                    **weights.options(),
                 )
             except (OSError, ValueError) as exc:  # a file missing or unreadable: name it
                 looked = f" (looked for the {weights.variant} weights first)" if weights.variant else ""

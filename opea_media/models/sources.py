@@ -77,6 +77,10 @@ class WeightChoice:
     variant: str | None
     pickled: tuple[str, ...]
 
+    def options(self) -> dict[str, str | bool | None]:
+        """diffusers' from_pretrained (and download) options that load, and fetch, only these files."""
+        return {"variant": self.variant, "use_safetensors": None if self.pickled else True}
+
 
 def choose_weights(files: tuple[str, ...], *, half_precision: bool) -> WeightChoice:
     """fp16 files for a 16-bit run when there are any, or when there is nothing else."""
