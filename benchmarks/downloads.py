@@ -86,8 +86,10 @@ def _measure_in_child(endpoint: str, hf_home: Path, cache_root: Path) -> list[di
     # A fresh process: huggingface_hub reads HF_ENDPOINT and HF_HOME once, on import.
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env |= {"HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home)}
-    code = f"import json, pathlib\nfrom benchmarks.downloads import measure\nprint(json.dumps(measure(pathlib.Path({str(cache_root)!r}))))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    code = "import json, pathlib, sys\nfrom benchmarks.downloads import measure\n"
+    code += "print(json.dumps(measure(pathlib.Path(sys.argv[1]))))"
+    command = [sys.executable, "-c", code, str(cache_root)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "measure failed")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -118,6 +118,54 @@ def copy_weights_to_anonymous(pipe: Any) -> int:
     return copied
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def cgroup_memory() -> dict[str, float]:
+    """The process's cgroup as its memory limit counts it, where one is set (a container): the
+    limit, its high-water mark (page cache included), the page cache and anonymous memory now,
+    file pages read again after being reclaimed (refaults: the price of a tight limit), and OOM
+    kills. cgroup v2 or v1 (Docker 20.10 on cgroupfs); empty outside a limited cgroup."""
+
+    def table(path: Path) -> dict[str, int]:
+        return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines())}
+
+    try:
+        if (CGROUP / "memory.max").exists():  # v2
+            limit_text = (CGROUP / "memory.max").read_text().strip()
+            limit = None if limit_text == "max" else int(limit_text)
+            peak_file = CGROUP / "memory.peak"
+            peak = int(peak_file.read_text()) if peak_file.exists() else None
+            stat, oom_kills = (
+                table(CGROUP / "memory.stat"),
+                table(CGROUP / "memory.events").get("oom_kill", 0),
+            )
+            file, anon = stat["file"], stat["anon"]
+        else:  # v1
+            v1 = CGROUP / "memory"
+            limit = int((v1 / "memory.limit_in_bytes").read_text())
+            limit = None if limit >= 2**62 else limit
+            peak = int((v1 / "memory.max_usage_in_bytes").read_text())
+            stat, oom_kills = table(v1 / "memory.stat"), table(v1 / "memory.oom_control").get("oom_kill", 0)
+            file, anon = stat["total_cache"], stat["total_rss"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    if limit is None:
+        return {}
+    return {
+        "cgroup_limit_mib": limit / MIB,
+        "cgroup_peak_mib": float("nan") if peak is None else peak / MIB,
+        "cgroup_file_mib": file / MIB,
+        "cgroup_anon_mib": anon / MIB,
+        "cgroup_refaulted_file_mib": stat.get(
+            "total_workingset_refault_file", stat.get("workingset_refault_file", 0)
+        )
+        * os.sysconf("SC_PAGE_SIZE")
+        / MIB,
+        "cgroup_oom_kills": oom_kills,
+    }
+
+
 def reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -231,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result["peak_inference_anon_mib"] = inference_split["anon"]
     result["peak_inference_file_mib"] = inference_split["file"]
     result["peak_total_mib"] = max(result["peak_load_mib"], result["peak_inference_mib"])
+    result.update(cgroup_memory())
     if registry.placement_for(args.task).device == "cuda":
         result["cuda_peak_allocated_mib"] = max(
             max(r.get("cuda_peak_denoise_mib", 0), r.get("cuda_peak_decode_mib", 0)) for r in runs
