@@ -190,16 +190,8 @@ def test_a_load_failure_names_the_missing_file_and_the_variant(
     from opea_media.cli import cli
 
     (folders["full"] / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    args = [
-        "generate-image",
-        "a cat",
-        "--model",
-        str(folders["full"]),
-        "--steps",
-        "1",
-        "-o",
-        str(tmp_path / "c.png"),
-    ]
+    args = ["generate-image", "a cat", "--model", str(folders["full"]), "--steps", "1"]
+    args += ["-o", str(tmp_path / "c.png")]
     failed = CliRunner().invoke(cli, args, env={"OPEA_MEDIA_CACHE": str(cache_dir)})
     assert failed.exit_code == 3
     (line,) = failed.stderr.strip().splitlines()
@@ -267,6 +259,7 @@ def test_weight_mappings_are_found_in_smaps_and_written_ones_marked() -> None:
     ]
 
 
+ROOT = Path(__file__).resolve().parents[1]
 _HUB_LOAD = """
 import json, sys
 from pathlib import Path
@@ -288,48 +281,24 @@ def test_a_hub_download_fetches_only_the_weights_of_the_runs_precision(
 
     repo = folders["both"]
     _save(tiny_t2i.pipe, repo, safe=False)
-    (repo / "v2-1_768-ema-pruned.safetensors").write_bytes(
-        (repo / "unet/diffusion_pytorch_model.safetensors").read_bytes()
-    )
-    root = Path(__file__).resolve().parents[1]
+    unet = repo / "unet" / "diffusion_pytorch_model.safetensors"
+    (repo / "v2-1_768-ema-pruned.safetensors").write_bytes(unet.read_bytes())
+    components = ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model")
+    expected = {
+        "bfloat16": (0.5, {f"{c}.fp16.safetensors" for c in components}),
+        "float32": (0.25, {f"{c}.safetensors" for c in components}),
+    }
     with serve_hub({"someone/sd21": repo}) as hub:
-        for dtype, mark, weights in (
-            (
-                "bfloat16",
-                0.5,
-                {
-                    "unet/diffusion_pytorch_model.fp16.safetensors",
-                    "vae/diffusion_pytorch_model.fp16.safetensors",
-                    "text_encoder/model.fp16.safetensors",
-                },
-            ),
-            (
-                "float32",
-                0.25,
-                {
-                    "unet/diffusion_pytorch_model.safetensors",
-                    "vae/diffusion_pytorch_model.safetensors",
-                    "text_encoder/model.safetensors",
-                },
-            ),
-        ):
+        for dtype, (mark, weights) in expected.items():
             hub.downloads.clear()
             env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
             env |= {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(tmp_path / f"hf-{dtype}")}
-            out = subprocess.run(
-                [sys.executable, "-c", _HUB_LOAD, "someone/sd21", dtype, str(cache_dir)],
-                env=env,
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
+            command = [sys.executable, "-c", _HUB_LOAD, "someone/sd21", dtype, str(cache_dir)]
+            out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
             assert out.returncode == 0, out.stderr
             result = json.loads(out.stdout.strip().splitlines()[-1])
             assert result["mark"] == mark
             fetched = {path for _, path in hub.downloads}
             assert {p for p in fetched if p.endswith((".safetensors", ".bin"))} == weights
-            # The figures the README gives come from this plan: it is what the load fetched.
-            assert {path: size for path, size in result["planned"]} == {
-                p: (repo / p).stat().st_size for p in fetched
-            }
+            # The README's sizes come from this plan: it is what the load fetched, file for file.
+            assert dict(result["planned"]) == {p: (repo / p).stat().st_size for p in fetched}
