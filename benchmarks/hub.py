@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -73,8 +74,8 @@ class LocalHub:
         if root not in path.parents or not path.is_file():
             raise web.HTTPNotFound(headers={"X-Error-Code": "EntryNotFound"}, text="Entry not found")
         entry = self._entry(repo, path)
-        lfs = entry.get("lfs")
-        headers = {"X-Repo-Commit": self._sha(repo), "ETag": f'"{lfs["oid"] if lfs else entry["oid"]}"'}  # type: ignore[index]
+        lfs: Any = entry.get("lfs")
+        headers = {"X-Repo-Commit": self._sha(repo), "ETag": f'"{(lfs or entry)["oid"]}"'}
         if request.method == "HEAD":
             return web.Response(headers=headers | {"Content-Length": str(entry["size"])})
         self.downloads.append((repo, str(entry["path"])))
