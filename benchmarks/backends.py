@@ -118,14 +118,15 @@ def _make(name: str, build: Callable[[], tuple[Any, float, str]], log: Any) -> C
 
 
 def _openvino(
-    pipe: Any, cache: Path, key: str, images_per_call: int, *, fresh: bool
+    pipe: Any, cache: Path, key: str, images_per_call: int, *, dtype: str, fresh: bool
 ) -> tuple[Any, float, str]:
     from opea_media.models import openvino
 
     if fresh:
         shutil.rmtree(cache / "openvino" / key, ignore_errors=True)
     clone = _clone(pipe, vae=_vae_sharing_encoder(pipe.vae))
-    conversion = openvino.use_openvino(clone, cache_dir=cache, key=key, dtype="float32", threads=None)
+    # The default's dtype, as `--backend openvino` converts it (16-bit: IR weights stored as fp16).
+    conversion = openvino.use_openvino(clone, cache_dir=cache, key=key, dtype=dtype, threads=None)
     note = (
         f"convert {conversion.convert_seconds:.0f} s + compile {conversion.compile_seconds:.0f} s"
         if not conversion.reused
@@ -194,14 +195,16 @@ def run(
         return _wrap(_clone(pipe, unet=torch.compile(pipe.unet)), "compile", per_call), 0.0, "first request"
 
     def converted() -> tuple[Any, float, str]:
-        made = _openvino(pipe, cache, key, per_call, fresh=True)
-        again = _make(restart.name, lambda: _openvino(pipe, cache, key, per_call, fresh=False), log)
+        made = _openvino(pipe, cache, key, per_call, dtype=dtype, fresh=True)
+        again = _make(
+            restart.name, lambda: _openvino(pipe, cache, key, per_call, dtype=dtype, fresh=False), log
+        )
         restart.setup_seconds, restart.setup_note = again.setup_seconds, again.setup_note
         return made
 
     def int8_weights() -> tuple[Any, float, str]:
         int8_key, seconds = _int8_ir(cache, key)
-        made, setup, note = _openvino(pipe, cache, int8_key, per_call, fresh=False)
+        made, setup, note = _openvino(pipe, cache, int8_key, per_call, dtype=dtype, fresh=False)
         return made, seconds + setup, f"compress {seconds:.0f} s + {note}"
 
     # Each group is measured interleaved with the default, then freed: all backends at once held
