@@ -374,6 +374,10 @@ def use_openvino(pipe: Any, *, cache_dir: Path, key: str, dtype: str, threads: i
     started = time.perf_counter()
     core = ov.Core()
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if dtype == "float32":
+        # A float32 run computes in float32: OpenVINO would otherwise pick bfloat16 on a CPU that
+        # has it (34/255 from torch's float32 on the tiny pipeline). 16-bit runs take its choice.
+        config["INFERENCE_PRECISION_HINT"] = "f32"
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     for part in parts_of(pipe):
