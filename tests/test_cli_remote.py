@@ -27,7 +27,8 @@ from opea_media.cli import cli
 from opea_media.commands.progress import StepReporter
 from opea_media.errors import ModelFailure
 
-LOCAL = ["--model", "tiny", "--device", "cpu"]
+# The service's registry (conftest) runs float32; auto would be bfloat16 on a CPU with native bfloat16.
+LOCAL = ["--model", "tiny", "--device", "cpu", "--dtype", "float32"]
 
 
 @contextmanager
