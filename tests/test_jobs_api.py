@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -222,6 +223,23 @@ async def test_cancel_in_each_state(server_client: ServerClient) -> None:
     await finished(client, finished_job["id"])
     await assert_error(await client.delete(f"/v1/jobs/{finished_job['id']}"), 409, "already succeeded")
     await assert_error(await client.delete("/v1/jobs/nope"), 404)
+
+
+async def test_a_follower_that_hangs_up_is_no_error_and_its_job_goes_on(
+    server_client: ServerClient, caplog: Any
+) -> None:
+    # The CLI's Ctrl-C, or a closed browser tab: the service logged "unhandled error" for it.
+    model = GatedText2Image()
+    client = await server_client(fake_handle(model), service="text2image")
+    job = await submit(client, {"prompt": "followed"})
+    await until(lambda: model.running.is_set())
+    stream = await client.get(f"/v1/jobs/{job['id']}/events")
+    assert (await stream.content.readline()).startswith(b"event: ")
+    stream.close()  # hang up while steps keep coming, one every 10 ms
+    await asyncio.sleep(0.5)
+    model.gate.set()
+    assert (await finished(client, job["id"]))["state"] == "succeeded"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_jobs_and_requests_share_one_bound(server_client: ServerClient) -> None:

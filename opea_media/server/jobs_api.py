@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import time
 from typing import Any
@@ -38,6 +39,8 @@ DEFAULT_PAGE, MAX_PAGE = 20, 100
 # An event stream with nothing to say sends a comment this often: proxies keep it open, and a
 # client that left is noticed.
 KEEPALIVE_SECONDS = 15.0
+
+log = logging.getLogger(__name__)
 
 
 def _runner(request: web.Request) -> JobRunner:
@@ -222,24 +225,35 @@ async def events(request: web.Request) -> web.StreamResponse:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
-        last = record
-        await response.write(_event(await _current_view(request, record), record.state))
-        while not last.final:
-            try:
-                record = await asyncio.wait_for(changes.get(), KEEPALIVE_SECONDS)
-            except TimeoutError:
-                # Also the safety net for a missed notification: read the job again.
-                record = await runner.call(runner.store.get, job_id) or last
-                if record.version <= last.version:
-                    await response.write(b": keep-alive\n\n")
-                    continue
-            if record.version <= last.version:
-                continue
-            name = "progress" if record.state == last.state == RUNNING else record.state
-            position = None
-            if record.state == "queued":
-                position = await runner.call(runner.store.position, record)
-            await response.write(_event(_view(request, record, position), name))
-            last = record
-        await response.write_eof()
+        try:
+            await _stream(request, response, record, changes)
+        except ConnectionResetError:  # the follower went away (Ctrl-C, a closed tab): the job goes on
+            log.debug("the follower of job %s went away", job_id)
     return response
+
+
+async def _stream(
+    request: web.Request, response: web.StreamResponse, record: JobRecord, changes: asyncio.Queue[JobRecord]
+) -> None:
+    """The events of one job, from `record` on, until its final state."""
+    runner = _runner(request)
+    last = record
+    await response.write(_event(await _current_view(request, record), record.state))
+    while not last.final:
+        try:
+            record = await asyncio.wait_for(changes.get(), KEEPALIVE_SECONDS)
+        except TimeoutError:
+            # Also the safety net for a missed notification: read the job again.
+            record = await runner.call(runner.store.get, record.id) or last
+            if record.version <= last.version:
+                await response.write(b": keep-alive\n\n")
+                continue
+        if record.version <= last.version:
+            continue
+        name = "progress" if record.state == last.state == RUNNING else record.state
+        position = None
+        if record.state == "queued":
+            position = await runner.call(runner.store.position, record)
+        await response.write(_event(_view(request, record, position), name))
+        last = record
+    await response.write_eof()
