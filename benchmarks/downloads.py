@@ -9,9 +9,10 @@ column comes from here.
 
 With the Hub in reach it asks the Hub. `--local` (or no Hub) asks a local stand-in instead
 (benchmarks/hub.py) that serves the presets saved as the repos lay them out (float32 and
-`variant="fp16"` files side by side, benchmarks/memory.py `layout_folders`; 20 GB of disk, kept in
-the cache): the same architectures, so the same tensors and file sizes, but without the other files
-a real repo may hold (pickles, single-file checkpoints), which the selection leaves out anyway.
+`variant="fp16"` files side by side, benchmarks/memory.py `layout_folders`; 20 GB of disk, kept
+under `--cache` for the next run): the same architectures, so the same tensors and file sizes,
+but without the other files a real repo may hold (pickles, single-file checkpoints), which the
+selection leaves out anyway.
 """
 
 from __future__ import annotations
@@ -82,10 +83,12 @@ def measure(cache_root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _measure_in_child(endpoint: str, hf_home: Path, cache_root: Path) -> list[dict[str, Any]]:
+def _measure_in_child(
+    endpoint: str, hf_home: Path, cache_root: Path, more_env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     # A fresh process: huggingface_hub reads HF_ENDPOINT and HF_HOME once, on import.
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
-    env |= {"HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home)}
+    env |= {"HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home), **(more_env or {})}
     code = "import json, pathlib, sys\nfrom benchmarks.downloads import measure\n"
     code += "print(json.dumps(measure(pathlib.Path(sys.argv[1]))))"
     command = [sys.executable, "-c", code, str(cache_root)]
@@ -126,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"asking the local stand-in ({why}): the presets saved as the repos lay them out")
         rows = local_rows(cache_root)
     else:
-        from huggingface_hub import constants
+        from huggingface_hub import constants, get_token
 
         print(f"asking the Hub ({constants.ENDPOINT})")
+        # An empty HF_HOME, so nothing counts as cached; the token (the gated SVD-XT) comes along.
+        token = {"HF_TOKEN": get_token() or ""}
         with tempfile.TemporaryDirectory() as hf_home:
-            rows = _measure_in_child(constants.ENDPOINT, Path(hf_home), cache_root)
+            rows = _measure_in_child(constants.ENDPOINT, Path(hf_home), cache_root, token)
     for row in rows:
         print(f"{row['model']}, {row['precision']} run: {row['gb']} GB in {row['files']} files")
         for path, gb in row["weights"].items():
