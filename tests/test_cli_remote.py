@@ -360,15 +360,26 @@ def test_flags_that_mean_nothing_remotely_are_refused_before_anything_runs(
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 
 
+def _as_from_a_terminal() -> None:
+    """SIGINT as a shell gives it: by default and not blocked. What the test process leaves is
+    inherited otherwise (a SIGINT blocked or ignored there, after the suite's in-process servers,
+    reached the CLI never: it went on following its job)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_cancels_the_job_on_the_service_and_exits_130(tmp_path: Path) -> None:
     model = GatedText2Image()  # steps every 10 ms until its gate opens: it runs until cancelled
     with service(fake_handle(model), tmp_path / "data") as url:
-        command = [sys.executable, "-m", "opea_media", "generate-image", "a fox", "--server", url]
+        # -X faulthandler: a CLI that hangs is made to print where (SIGABRT) before the test fails.
+        command = [sys.executable, "-X", "faulthandler", "-m", "opea_media", "generate-image", "a fox"]
+        command += ["--server", url]
         cli_process = subprocess.Popen(
             [*command, "-o", str(tmp_path / "x.png")],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_as_from_a_terminal,
         )
         try:
             assert model.running.wait(120), "the job never started"
@@ -377,7 +388,12 @@ def test_ctrl_c_cancels_the_job_on_the_service_and_exits_130(tmp_path: Path) -> 
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             cli_process.send_signal(signal.SIGINT)
-            out, err = cli_process.communicate(timeout=60)
+            try:
+                out, err = cli_process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                cli_process.send_signal(signal.SIGABRT)
+                where = cli_process.communicate(timeout=30)[1]
+                raise AssertionError(f"the CLI hung after Ctrl-C:\n{where}") from None
         finally:
             if cli_process.poll() is None:
                 cli_process.kill()
