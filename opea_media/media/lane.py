@@ -5,7 +5,8 @@ go of their own accord. Four I/O threads doing so at once took turns at it with 
 thread, which then waited a switch interval (5 ms) behind each of them at every turn: under a
 flood of uploads, `/health` p99 was 55-88 ms with four such threads and 31-37 ms with one
 (docs/reliability.md). One at a time, the same work takes no longer (the GIL serialised it
-anyway) and the loop waits behind one thread at most. Image decoding and PNG encoding let the GIL go in C, and stay in parallel.
+anyway) and the loop waits behind one thread at most. Image decoding and PNG encoding let the GIL
+go in C, and stay in parallel.
 """
 
 from __future__ import annotations
