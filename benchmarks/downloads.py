@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from opea_media.config import DEFAULT_MODELS, Task
+from opea_media.models.sources import WEIGHT_FILE
 
 GB = 10**9
 
@@ -70,7 +71,7 @@ def measure(cache_root: Path) -> list[dict[str, Any]]:
     for task, repo_id in DEFAULT_MODELS.items():
         for precision, half in (("16-bit", True), ("float32", False)):
             files = plan(task, repo_id, half_precision=half, cache_root=cache_root)
-            weights = [(p, n) for p, n in files if p.endswith((".safetensors", ".bin"))]
+            weights = [(p, n) for p, n in files if WEIGHT_FILE.search(p)]
             rows.append(
                 {
                     "model": repo_id,

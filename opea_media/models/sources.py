@@ -60,13 +60,14 @@ class ModelSource:
     cached_only: bool = False
 
 
-_WEIGHT = re.compile(r"\.(safetensors|bin)$")
+# A weight file of a pipeline component, as diffusers and transformers name them.
+WEIGHT_FILE = re.compile(r"\.(safetensors|bin)$")
 _VARIANT = re.compile(r"\.(?P<variant>[A-Za-z0-9_-]+)\.(safetensors|bin)$")
 _SHARD = re.compile(r"-\d{5}-of-\d{5}\.")
 
 
 def weight_files(folder: Path) -> tuple[str, ...]:
-    return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if _WEIGHT.search(p.name)))
+    return tuple(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if WEIGHT_FILE.search(p.name)))
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def _hub_weight_files(repo_id: str, snapshot: Path) -> tuple[str, ...]:
     from huggingface_hub import HfApi
 
     try:
-        return tuple(sorted(f for f in HfApi().list_repo_files(repo_id) if _WEIGHT.search(f)))
+        return tuple(sorted(f for f in HfApi().list_repo_files(repo_id) if WEIGHT_FILE.search(f)))
     except Exception:  # noqa: BLE001 (any failure here only means: go by what is cached)
         log.debug("listing %s on the Hub failed; using the cached files", repo_id, exc_info=True)
         return weight_files(snapshot)
