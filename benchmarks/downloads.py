@@ -18,6 +18,7 @@ selection leaves out anyway.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,9 +26,10 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 from opea_media.config import DEFAULT_MODELS, Task
-from opea_media.models.sources import WEIGHT_FILE
+from opea_media.models import sources
 
 GB = 10**9
 
@@ -37,8 +39,6 @@ def plan(task: Task, repo_id: str, *, half_precision: bool, cache_root: Path) ->
     from diffusers import DiffusionPipeline
     from diffusers.pipelines import pipeline_utils
     from huggingface_hub import snapshot_download
-
-    from opea_media.models import sources
 
     source = sources.resolve(task, repo_id, cache_root=cache_root)
     options = sources.choose_weights(source.files, half_precision=half_precision).options()
@@ -53,14 +53,8 @@ def plan(task: Task, repo_id: str, *, half_precision: bool, cache_root: Path) ->
         )
         raise Planned
 
-    real = pipeline_utils.snapshot_download
-    pipeline_utils.snapshot_download = dry_run
-    try:
+    with patch.object(pipeline_utils, "snapshot_download", dry_run), contextlib.suppress(Planned):
         DiffusionPipeline.download(repo_id, **options)
-    except Planned:
-        pass
-    finally:
-        pipeline_utils.snapshot_download = real
     if not planned:  # download() found everything cached and returned before listing
         raise RuntimeError(f"{repo_id} is already cached here; run with an empty HF_HOME")
     return sorted(planned)
@@ -71,7 +65,7 @@ def measure(cache_root: Path) -> list[dict[str, Any]]:
     for task, repo_id in DEFAULT_MODELS.items():
         for precision, half in (("16-bit", True), ("float32", False)):
             files = plan(task, repo_id, half_precision=half, cache_root=cache_root)
-            weights = [(p, n) for p, n in files if WEIGHT_FILE.search(p)]
+            weights = [(p, n) for p, n in files if sources.WEIGHT_FILE.search(p)]
             rows.append(
                 {
                     "model": repo_id,
@@ -100,12 +94,10 @@ def _measure_in_child(
 
 
 def local_rows(cache_root: Path) -> list[dict[str, Any]]:
-    from opea_media.models.sources import PRESET_MODELS
-
     from .hub import serve_hub
     from .memory import layout_folders
 
-    preset_of = {task: name for name, task in PRESET_MODELS.items()}
+    preset_of = {task: name for name, task in sources.PRESET_MODELS.items()}
     repos = {
         repo: layout_folders(cache_root, preset_of[task])["both"] for task, repo in DEFAULT_MODELS.items()
     }
@@ -123,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cache_root = args.cache.expanduser()
 
-    from opea_media.models.sources import hub_unreachable
-
-    why = "--local" if args.local else hub_unreachable()
+    why = "--local" if args.local else sources.hub_unreachable()
     if why:
         print(f"asking the local stand-in ({why}): the presets saved as the repos lay them out")
         rows = local_rows(cache_root)
