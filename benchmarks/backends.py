@@ -1,20 +1,30 @@
 """Backends side by side: eager PyTorch, torch.compile, OpenVINO, OpenVINO int8 (`--only backends`).
 
-One process, one SD 2.1-size pipeline built as the product builds it (`ModelRegistry`, today's
-defaults: `--backend torch`, `--dtype auto`), and beside it the same weights run by each other
-backend: the candidates share the text encoder and VAE encoder, and torch.compile shares the UNet
-itself, so the process holds each big module once per backend. The backends are measured in
-groups (torch.compile and OpenVINO; then OpenVINO int8), each beside the default, and a group is
-freed before the next: all at once did not fit in 24 GiB. Each round runs one whole request on
-every member, in alternating order (A B C C B A ...), with the same prompt and seed; each
-step's time comes from the pipeline's step callback. The first request of each candidate is not a
-round: it is the candidate's first-request cost, with its conversion or compilation (reported
-beside it). Agreement is the decoded image's difference to eager float32's, same seed.
+One process, one pipeline built as the product builds it (`ModelRegistry`, today's defaults:
+`--backend torch`, `--dtype auto`): text2image SD 2.1-size (`random:sd21`) at each `--size`, or
+image2video SVD-XT-size (`random:svd-xt`, `--task image2video`) at its native 576x1024 with
+`--frames` frames. Beside it the same weights run by each other backend: the candidates share the
+text (or image) encoder and the VAE encoder, and torch.compile shares the UNet itself, so the
+process holds each big module once per backend. The backends are measured in two groups (the
+torch ones, then the OpenVINO ones), each beside the default, and a group is freed before the
+next: all at once did not fit in 24 GiB. Each round runs one whole request on every member, in
+alternating order (A B C C B A ...), with the same prompt (or picture) and seed; the pipeline's
+step callback splits it into steps (the first, which holds the encode, left out) and the decode
+(after the last step). The first request of each candidate is not a round: it is the candidate's
+first-request cost, with its conversion or compilation (reported beside it). Agreement is the
+decoded image's (or clip's) difference to eager float32's, same seed.
 
 Memory: the peak RSS of the process while a candidate's request runs (its kernel high-water mark,
 reset before the request), and what making the candidate added to the resident set.
 
 `python -m benchmarks.backends [--size 512 768] [--steps 4] [--rounds 3] [--bf16]`
+`python -m benchmarks.backends --task image2video [--frames 2] [--steps 2] --no-compile`
+
+image2video in one process needs more memory than a 24 GiB machine has: OpenVINO's SVD-XT alone
+peaks at 16 GiB for 2 frames, and the run beside the default was OOM-killed; there, compare the
+backends in processes of their own with `benchmarks.probe` (docs/performance.md, section 6). And
+torch.compile of SVD-XT's UNet did not finish its first 2-frame request in 11 minutes (eager: 3),
+hence `--no-compile`.
 """
 
 from __future__ import annotations
@@ -41,21 +51,34 @@ SEED = 11
 @dataclass
 class Candidate:
     name: str
-    model: Any  # a Text2ImageModel
+    model: Any  # a Text2ImageModel or Image2VideoModel
     setup_seconds: float = 0.0  # conversion + compilation, or torch.compile's first call
     setup_note: str = ""
     resident_mib: float = 0.0  # what making it added to the process's RSS
     first_request: float = float("nan")
     request: Sample = field(default_factory=lambda: Sample("request"))
     step: Sample = field(default_factory=lambda: Sample("step"))
+    decode: Sample = field(default_factory=lambda: Sample("decode"))
     peak_mib: list[float] = field(default_factory=list)
-    image: Any = None  # uint8 array of the first request's image
+    image: Any = None  # uint8 array of the first request's image (or frames)
+    timed: bool = True  # False: only its first request runs (the reference of agreement)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one task's request is: how to run it on a model and how to name it in the table."""
+
+    task: str  # "text2image" | "image2video"
+    label: str  # the run, for the table's title
+    generate: Callable[[Any, Callable[[int, int], None]], Any]  # (model, on_step) -> uint8 array
+    wrap: Callable[[Any, str], Any]  # (pipeline, name) -> a model of the task over it
 
 
 def _clone(pipe: Any, **replace: Any) -> Any:
     """The same pipeline class over the same modules, with some replaced (no weight is copied)."""
     components = {**pipe.components, **replace}
-    clone = type(pipe)(**components, requires_safety_checker=False)
+    extra = {"requires_safety_checker": False} if "safety_checker" in components else {}
+    clone = type(pipe)(**components, **extra)
     clone.set_progress_bar_config(disable=True)
     return clone
 
@@ -67,37 +90,78 @@ def _vae_sharing_encoder(vae: Any) -> Any:
     return twin
 
 
-def _wrap(pipe: Any, name: str, images_per_call: int) -> Any:
-    from opea_media.models.text2image import Text2ImageModel
-
-    return Text2ImageModel(pipe, ref=name, images_per_call=images_per_call)
-
-
-def _params(size: int, steps: int) -> Any:
-    from opea_media.params import Text2ImageParams
-
-    return Text2ImageParams(prompt=PROMPT, num_inference_steps=steps, seed=SEED, height=size, width=size)
-
-
-def _request(candidate: Candidate, params: Any) -> tuple[float, list[float], float, Any]:
-    """One request: (seconds, each step's seconds, peak RSS MiB, the image as uint8)."""
+def _text2image_job(model: Any, size: int, steps: int) -> Job:
     import numpy as np
 
+    from opea_media.models.text2image import Text2ImageModel
+    from opea_media.params import Text2ImageParams
+
+    params = model.complete(
+        Text2ImageParams(prompt=PROMPT, num_inference_steps=steps, seed=SEED, height=size, width=size)
+    )
+    per_call = model.images_per_call
+
+    def generate(m: Any, on_step: Callable[[int, int], None]) -> Any:
+        ((image,),) = m.generate([params], on_step=on_step)
+        return np.asarray(image)
+
+    return Job(
+        "text2image",
+        f"{size} px, {steps} steps",
+        generate,
+        lambda pipe, name: Text2ImageModel(pipe, ref=name, images_per_call=per_call),
+    )
+
+
+def video_input(height: int, width: int) -> Any:
+    """A picture to animate: a sky-to-ground gradient with a sun and a hill (no file needed)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    bands = [c.point(lambda v, k=k: 40 + v * k // 4) for k, c in enumerate(image.split(), 1)]
+    image = Image.merge("RGB", bands)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width * 0.65, height * 0.1, width * 0.8, height * 0.1 + width * 0.15), fill=(250, 210, 80))
+    draw.ellipse((-width * 0.2, height * 0.6, width * 0.7, height * 1.6), fill=(40, 110, 50))
+    return image
+
+
+def _image2video_job(model: Any, frames: int, steps: int) -> Job:
+    import numpy as np
+
+    from opea_media.models.image2video import Image2VideoModel
+    from opea_media.params import Image2VideoParams
+
+    params = model.complete(Image2VideoParams(num_frames=frames, num_inference_steps=steps, seed=SEED))
+    assert params.height and params.width
+    image = video_input(params.height, params.width)
+    chunk = model.decode_chunk_size
+
+    def generate(m: Any, on_step: Callable[[int, int], None]) -> Any:
+        return np.stack([np.asarray(f) for f in m.generate(image, params, on_step=on_step)])
+
+    return Job(
+        "image2video",
+        f"{frames} frames {params.width}x{params.height}, {steps} steps, decode_chunk_size {chunk}",
+        generate,
+        lambda pipe, name: Image2VideoModel(pipe, ref=name, decode_chunk_size=chunk),
+    )
+
+
+def _request(candidate: Candidate, job: Job) -> tuple[float, list[float], float, float, Any]:
+    """One request: (seconds, each step's seconds, the decode's seconds, peak RSS MiB, the output)."""
     marks: list[float] = []
     reset_peak()
     start = time.perf_counter()
-    ((image,),) = candidate.model.generate(
-        [params], on_step=lambda step, total: marks.append(time.perf_counter())
-    )
-    seconds = time.perf_counter() - start
-    steps = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)][
-        1:
-    ]  # the first holds the encode
-    return seconds, steps, memory_mib()["VmHWM"], np.asarray(image)
+    out = job.generate(candidate.model, lambda step, total: marks.append(time.perf_counter()))
+    end = time.perf_counter()
+    # The first step's time holds the prompt's (or image's) encode; after the last: the decode.
+    steps = [b - a for a, b in zip(marks, marks[1:], strict=False)]
+    return end - start, steps, end - marks[-1], memory_mib()["VmHWM"], out
 
 
 def agreement(image: Any, reference: Any) -> dict[str, float]:
-    """PSNR (dB, inf when equal) and largest absolute difference of two uint8 images."""
+    """PSNR (dB, inf when equal) and largest absolute difference of two uint8 images (or clips)."""
     import numpy as np
 
     diff = image.astype(np.float64) - reference.astype(np.float64)
@@ -108,40 +172,38 @@ def agreement(image: Any, reference: Any) -> dict[str, float]:
     }
 
 
-def _make(name: str, build: Callable[[], tuple[Any, float, str]], log: Any) -> Candidate:
+def _make(
+    name: str, build: Callable[[], tuple[Any, float, str]], log: Any, *, timed: bool = True
+) -> Candidate:
     gc.collect()
     before = memory_mib()["VmRSS"]
     log(f"backends: making {name}")
     model, seconds, note = build()
     gc.collect()
-    return Candidate(name, model, seconds, note, memory_mib()["VmRSS"] - before)
+    return Candidate(name, model, seconds, note, memory_mib()["VmRSS"] - before, timed=timed)
 
 
-def _openvino(
-    pipe: Any, cache: Path, key: str, images_per_call: int, *, dtype: str, fresh: bool
-) -> tuple[Any, float, str]:
+def _int8(
+    pipe: Any, wrap: Callable[[Any, str], Any], cache: Path, key: str, *, dtype: str, tuning: Any
+) -> tuple[Any, str]:
+    """`pipe`'s UNet and decoder from the IR `key` (the product's, weights compressed), the
+    product's levers set after, as the registry sets them; the encoders are `pipe`'s own."""
     from opea_media.models import openvino
+    from opea_media.models.pipeline_tuning import apply_tuning
 
-    if fresh:
-        shutil.rmtree(cache / "openvino" / key, ignore_errors=True)
     clone = _clone(pipe, vae=_vae_sharing_encoder(pipe.vae))
-    # The default's dtype, as `--backend openvino` converts it (16-bit: IR weights stored as fp16).
     conversion = openvino.use_openvino(clone, cache_dir=cache, key=key, dtype=dtype, threads=None)
-    note = (
-        f"convert {conversion.convert_seconds:.0f} s + compile {conversion.compile_seconds:.0f} s"
-        if not conversion.reused
-        else f"cached; compile {conversion.compile_seconds:.0f} s"
-    )
-    return _wrap(clone, f"openvino {key}", images_per_call), conversion.seconds, note
+    apply_tuning(clone, tuning)
+    return wrap(clone, f"openvino {key}"), f"compile {conversion.compile_seconds:.0f} s"
 
 
-def _int8_ir(cache: Path, fp32_key: str) -> tuple[str, float]:
-    """The fp32 IR with the UNet's weights compressed to int8 by NNCF (asymmetric, per channel)."""
+def _int8_ir(cache: Path, source_key: str) -> tuple[str, float]:
+    """The IR with the UNet's weights compressed to int8 by NNCF (asymmetric, per channel)."""
     import nncf
     import openvino as ov
 
-    source = cache / "openvino" / fp32_key
-    key = fp32_key + "-int8"
+    source = cache / "openvino" / source_key
+    key = source_key + "-int8"
     target = cache / "openvino" / key
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -157,8 +219,10 @@ def _int8_ir(cache: Path, fp32_key: str) -> tuple[str, float]:
 
 def run(
     *,
-    model: str = "random:sd21",
+    task: str = "text2image",
+    model: str | None = None,
     sizes: tuple[int, ...] = (512,),
+    frames: int = 2,
     steps: int = 4,
     rounds: int = 3,
     bf16: bool = False,
@@ -167,121 +231,162 @@ def run(
     cache: Path,
     log: Any = print,
 ) -> list[dict[str, Any]]:
+    """Each backend beside the default, per size (text2image) or at `frames` frames (image2video).
+
+    Two groups, each interleaved with the default and freed before the next (all at once did not
+    fit in 24 GiB; 18 GiB when the kernel killed the run): the torch ones (eager float32, the
+    reference of agreement; eager bfloat16 with `bf16` where float32 is the default;
+    torch.compile), then the OpenVINO ones (as converted by `--backend openvino`; its int8
+    weights).
+    """
     import torch
 
     from opea_media.models import ModelRegistry, openvino, sources
+    from opea_media.models.tuning import Tuning
 
+    model = model or ("random:sd21" if task == "text2image" else "random:svd-xt")
     logging.getLogger("opea_media").setLevel(logging.WARNING)
     cache.mkdir(parents=True, exist_ok=True)
+
+    def load(registry: ModelRegistry) -> Any:
+        return registry.text2image(model) if task == "text2image" else registry.image2video(model)
+
     registry = ModelRegistry(device="cpu", cache_dir=cache)
-    dtype = registry.placement_for("text2image").dtype_name
-    default_name = f"eager {dtype} (default)"
-    default = _make(default_name, lambda: (registry.text2image(model), 0.0, ""), log)
-    pipe, per_call = default.model.pipe, default.model.images_per_call
-    candidates = [default]
-    if dtype != "float32":  # the reference of agreement is eager float32
-        reference = ModelRegistry(device="cpu", dtype="float32", cache_dir=cache)
-        candidates.append(_make("eager float32", lambda: (reference.text2image(model), 0.0, ""), log))
-    elif bf16:
-        other = ModelRegistry(device="cpu", dtype="bfloat16", cache_dir=cache)
-        candidates.append(_make("eager bfloat16", lambda: (other.text2image(model), 0.0, ""), log))
-    source = sources.resolve("text2image", model, cache_root=cache)  # the registry's own key
-    key = openvino.cache_key(
-        ref=model, location=source.location, kind=source.kind, dtype=dtype, task="text2image"
+    dtype = registry.placement_for(task).dtype_name  # type: ignore[arg-type]
+    default = _make(f"eager {dtype} (default)", lambda: (load(registry), 0.0, ""), log)
+    pipe = default.model.pipe
+    jobs = (
+        [_text2image_job(default.model, size, steps) for size in sizes]
+        if task == "text2image"
+        else [_image2video_job(default.model, frames, steps)]
     )
+    source = sources.resolve(task, model, cache_root=cache)  # type: ignore[arg-type]
+    key = openvino.cache_key(ref=model, location=source.location, kind=source.kind, dtype=dtype, task=task)
+    wrap = jobs[0].wrap  # the same for every job of the task
     restart = Candidate("openvino, second start", None)
 
+    def other(name: str) -> Callable[[], tuple[Any, float, str]]:
+        return lambda: (load(ModelRegistry(device="cpu", dtype=name, cache_dir=cache)), 0.0, "")
+
     def compiled() -> tuple[Any, float, str]:
-        return _wrap(_clone(pipe, unet=torch.compile(pipe.unet)), "compile", per_call), 0.0, "first request"
+        return wrap(_clone(pipe, unet=torch.compile(pipe.unet)), "compile"), 0.0, "first request"
 
     def converted() -> tuple[Any, float, str]:
-        made = _openvino(pipe, cache, key, per_call, dtype=dtype, fresh=True)
-        again = _make(
-            restart.name, lambda: _openvino(pipe, cache, key, per_call, dtype=dtype, fresh=False), log
-        )
+        # As `--backend openvino` makes it: loaded, converted into the cache, levers set after.
+        shutil.rmtree(cache / "openvino" / key, ignore_errors=True)
+        product = ModelRegistry(device="cpu", tuning=Tuning(backend="openvino"), cache_dir=cache)
+        made = load(product)
+        again = _make(restart.name, second_start, log)
         restart.setup_seconds, restart.setup_note = again.setup_seconds, again.setup_note
-        return made
+        return made, made.convert_seconds, f"convert + compile {made.convert_seconds:.0f} s"
+
+    def second_start() -> tuple[Any, float, str]:
+        started = time.perf_counter()
+        load(ModelRegistry(device="cpu", tuning=Tuning(backend="openvino"), cache_dir=cache))
+        seconds = time.perf_counter() - started  # the load, reading the IR instead of converting
+        return None, seconds, f"load {seconds:.0f} s, reusing the conversion"
 
     def int8_weights() -> tuple[Any, float, str]:
         int8_key, seconds = _int8_ir(cache, key)
-        made, setup, note = _openvino(pipe, cache, int8_key, per_call, dtype=dtype, fresh=False)
-        return made, seconds + setup, f"compress {seconds:.0f} s + {note}"
+        started = time.perf_counter()
+        made, note = _int8(pipe, wrap, cache, int8_key, dtype=dtype, tuning=registry.tuning_for(task))
+        return made, seconds + time.perf_counter() - started, f"compress {seconds:.0f} s + {note}"
 
-    # Each group is measured interleaved with the default, then freed: all backends at once held
-    # more than this 24 GiB machine had (18 GiB when the kernel killed the run).
-    group: list[tuple[str, Callable[[], tuple[Any, float, str]]]] = [("openvino", converted)]
+    torch_group: list[tuple[str, Callable[[], tuple[Any, float, str]]]] = []
+    if dtype != "float32":
+        torch_group.append(("eager float32", other("float32")))
+    elif bf16:
+        torch_group.append(("eager bfloat16", other("bfloat16")))
     if compile_unet:
-        group.insert(0, ("torch.compile (UNet, inductor)", compiled))
-    groups = [group]
+        torch_group.append(("torch.compile (UNet, inductor)", compiled))
+    openvino_group = [("openvino", converted)]
     if int8:
-        groups.append([("openvino int8 weights (NNCF)", int8_weights)])
-    results = []
-    for builders in groups:
-        members = candidates + [_make(name, build, log) for name, build in builders]
-        for size in sizes:
-            params = default.model.complete(_params(size, steps))
-            _measure(members, params, rounds, log=lambda text, size=size: log(f"backends: {size} px {text}"))
-            results.append(_table(model, size, steps, rounds, members, default, restart))
+        openvino_group.append(("openvino int8 weights (NNCF)", int8_weights))
+    tables: dict[str, dict[str, Any]] = {}
+    references: dict[str, Any] = {}  # job -> eager float32's output, from the first group
+    for builders in (torch_group, openvino_group):
+        # A clip in float32 takes about twice the default's: for image2video it runs once, for
+        # agreement, and is not timed in the rounds.
+        members = [default] + [
+            _make(name, build, log, timed=task == "text2image" or name != "eager float32")
+            for name, build in builders
+        ]
+        for job in jobs:
+            _measure(members, job, rounds, log=lambda text, job=job: log(f"backends: {job.label}: {text}"))
+            ref = next((c for c in members if c.name.startswith("eager float32")), None)
+            references.setdefault(job.label, (ref or default).image)
+            figures = tables.setdefault(
+                job.label,
+                {
+                    "task": task,
+                    "model": model,
+                    "run": job.label,
+                    "rounds": rounds,
+                    "reference": (ref or default).name,
+                    "rows": [],
+                },
+            )
+            figures["rows"] += _rows(members, default, references[job.label], group=bool(figures["rows"]))
         del members
         gc.collect()
-    return results
+    for figures in tables.values():
+        figures["second_start"] = {"seconds": restart.setup_seconds, "note": restart.setup_note}
+    return list(tables.values())
 
 
-def _measure(members: list[Candidate], params: Any, rounds: int, *, log: Any) -> None:
+def _measure(members: list[Candidate], job: Job, rounds: int, *, log: Any) -> None:
     """A first request of each, then `rounds` rounds in alternating order."""
     for c in members:
-        c.request, c.step, c.peak_mib = Sample(c.name), Sample(c.name), []
+        c.request, c.step, c.decode, c.peak_mib = Sample(c.name), Sample(c.name), Sample(c.name), []
         log(f"first request, {c.name}")
-        c.first_request, _, _, c.image = _request(c, params)
+        c.first_request, _, _, _, c.image = _request(c, job)
+    timed = [c for c in members if c.timed]
     for r in range(rounds):
-        for c in members if r % 2 == 0 else members[::-1]:
-            seconds, step_times, peak, _ = _request(c, params)
+        for c in timed if r % 2 == 0 else timed[::-1]:
+            seconds, step_times, decode, peak, _ = _request(c, job)
             c.request.values.append(seconds)
             c.step.values += step_times
+            c.decode.values.append(decode)
             c.peak_mib.append(peak)
         log(f"round {r + 1}/{rounds} done")
 
 
-def _table(
-    model: str,
-    size: int,
-    steps: int,
-    rounds: int,
-    candidates: list[Candidate],
-    default: Candidate,
-    restart: Candidate,
-) -> dict[str, Any]:
-    reference = next((c for c in candidates if c.name.startswith("eager float32")), default)
+def _rows(
+    members: list[Candidate], default: Candidate, reference: Any, *, group: bool
+) -> list[dict[str, Any]]:
+    def ratio(a: Sample, b: Sample) -> dict[str, Any]:
+        return Sample("ratio", [x / y for x, y in zip(a.values, b.values, strict=True)], unit="x").summary()
+
     rows = []
-    for c in candidates:
+    for c in members:
+        if not c.timed:
+            rows.append(
+                {
+                    "backend": f"{c.name} (reference, first request only)",
+                    "first_request_seconds": c.first_request,
+                    "resident_added_mib": c.resident_mib,
+                    "agreement": agreement(c.image, reference),
+                }
+            )
+            continue
         rows.append(
             {
-                "backend": c.name,
+                "backend": c.name if not (group and c is default) else f"group 2: {c.name}",
                 "request": c.request.summary(),
                 "step": c.step.summary(),
-                "ratio": Sample(
-                    "ratio",
-                    [a / b for a, b in zip(c.request.values, default.request.values, strict=True)],
-                    unit="x",
-                ).summary(),
+                "decode": c.decode.summary(),
+                "ratio": ratio(c.request, default.request),
+                "step_ratio": ratio(c.step, default.step),
+                "decode_ratio": ratio(c.decode, default.decode),
                 "peak_rss_mib": max(c.peak_mib, default=float("nan")),
                 "resident_added_mib": c.resident_mib,
                 "setup_seconds": c.setup_seconds,
                 "setup_note": c.setup_note,
                 "first_request_seconds": c.first_request,
-                "agreement": agreement(c.image, reference.image),
+                "agreement": agreement(c.image, reference),
             }
         )
-    return {
-        "task": "text2image",
-        "model": model,
-        "size": size,
-        "steps": steps,
-        "rounds": rounds,
-        "reference": reference.name,
-        "second_start": {"seconds": restart.setup_seconds, "note": restart.setup_note},
-        "rows": rows,
-    }
+    return rows
 
 
 def run_cuda(*, rounds: int = 2, log: Any = print) -> list[dict[str, Any]]:
@@ -289,11 +394,13 @@ def run_cuda(*, rounds: int = 2, log: Any = print) -> list[dict[str, Any]]:
     from PIL import Image
 
     from opea_media.models import ModelRegistry
-    from opea_media.params import Image2VideoParams
+    from opea_media.params import Image2VideoParams, Text2ImageParams
 
     registry = ModelRegistry(device="cuda")
     t2i = registry.text2image("random:sd21")
-    p = t2i.complete(_params(768, 25))
+    p = t2i.complete(
+        Text2ImageParams(prompt=PROMPT, num_inference_steps=25, seed=SEED, height=768, width=768)
+    )
     results = [
         _eager_vs_compiled(
             t2i.pipe,
@@ -352,9 +459,11 @@ def _eager_vs_compiled(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="random:sd21", help="tiny: a check of this script in seconds")
-    p.add_argument("--size", type=int, nargs="+", default=[512])
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--task", choices=["text2image", "image2video"], default="text2image")
+    p.add_argument("--model", help="random:sd21 / random:svd-xt; tiny: a check of this script in seconds")
+    p.add_argument("--size", type=int, nargs="+", default=[512], help="text2image")
+    p.add_argument("--frames", type=int, default=2, help="image2video, at the model's native size")
+    p.add_argument("--steps", type=int, default=None, help="default: 4 (text2image), 2 (image2video)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--bf16", action="store_true", help="add eager bfloat16 (slow without native bf16)")
     p.add_argument("--no-compile", action="store_true")
@@ -363,9 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args(argv)
     figures = run(
+        task=args.task,
         model=args.model,
         sizes=tuple(args.size),
-        steps=args.steps,
+        frames=args.frames,
+        steps=args.steps or (4 if args.task == "text2image" else 2),
         rounds=args.rounds,
         bf16=args.bf16,
         compile_unet=not args.no_compile,

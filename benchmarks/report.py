@@ -220,10 +220,15 @@ def _backends_table(run: dict[str, Any]) -> tuple[str, list[str], list[list[str]
     for r in run["rows"]:
         a = r["agreement"]
         psnr = "identical" if a["psnr_db"] == float("inf") else f"{a['psnr_db']:.1f} dB"
+        if "request" not in r:  # the reference, run once
+            rows.append([r["backend"], "", "", "", "", "", _mib(r["resident_added_mib"])])
+            rows[-1] += [_sec(r["first_request_seconds"]), f"{psnr}, max {a['max_abs']:.0f}"]
+            continue
         rows.append(
             [
                 r["backend"],
-                _s(r["step"], digits=2),
+                f"{_s(r['step'], digits=2)} ({_s(r['step_ratio'], digits=2, unit='x')})",
+                f"{_s(r['decode'], digits=2)} ({_s(r['decode_ratio'], digits=2, unit='x')})",
                 _s(r["request"], digits=1),
                 _s(r["ratio"], digits=2, unit="x"),
                 _mib(r["peak_rss_mib"]),
@@ -234,11 +239,12 @@ def _backends_table(run: dict[str, Any]) -> tuple[str, list[str], list[list[str]
         )
     restart = run["second_start"]
     title = (
-        f"Backends: {run['model']} {run['size']} px, {run['steps']} steps, {run['rounds']} interleaved rounds "
+        f"Backends: {run['task']} {run['model']} {run['run']}, {run['rounds']} interleaved rounds "
         f"(agreement with {run['reference']}, same seed; OpenVINO's second start: {restart['note']})"
     )
-    header = ["backend", "step", "request", "ratio to default", "peak RSS (process)", "resident added"]
-    header += ["first request (setup)", "agreement: PSNR, max |diff| /255"]
+    header = ["backend", "step (ratio)", "decode (ratio)", "request", "request ratio to default"]
+    header += ["peak RSS (process)", "resident added", "first request (setup)"]
+    header += ["agreement: PSNR, max |diff| /255"]
     return (title, header, rows)
 
 
