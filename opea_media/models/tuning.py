@@ -169,7 +169,8 @@ class Tuning:
         "pip install 'opea-media[openvino]'): converted once from the loaded pipeline and cached under "
         "the opea-media cache (the first start pays 1-2 min for SD 2.1); SD 2.1 ran in 0.62x the time "
         "(bfloat16, 768 px, a CPU with native bfloat16) and 0.70x (float32, 512 px, one without), and "
-        "holds more memory (768 px bfloat16: 8.1 GiB at its peak against 4.4). auto: torch.",
+        "holds more memory (768 px bfloat16: 8.1 GiB at its peak against 4.4); SVD-XT in 0.87x for "
+        "2.3x the memory (16 GiB for 2 frames against 7.2), so not for image2video. auto: torch.",
         choices=BACKENDS,
     )
 
@@ -214,9 +215,9 @@ class Tuning:
         )
 
     def _backend(self, cuda: bool) -> str:
-        # torch: OpenVINO's 0.70x at the same picture (2 rounds on a shared machine) needs an
-        # optional package and 1 GB more memory, and SVD-XT is not measured yet (docs/performance.md,
-        # "Backends"): a recommendation, not yet the default.
+        # torch: OpenVINO needs an optional package and much more memory, changes the picture a
+        # little, and gains little for SVD-XT (docs/performance.md, "Backends"): a recommendation
+        # for text2image, not the default.
         if self.backend == "openvino" and cuda:
             raise InvalidInput(
                 "--backend openvino runs on the CPU here; use --device cpu, or --backend torch on CUDA"
