@@ -3,11 +3,11 @@
 One process, one pipeline built as the product builds it (`ModelRegistry`, today's defaults:
 `--backend torch`, `--dtype auto`): text2image SD 2.1-size (`random:sd21`) at each `--size`, or
 image2video SVD-XT-size (`random:svd-xt`, `--task image2video`) at its native 576x1024 with
-`--frames` frames. Beside it the same weights run by each other backend: the candidates share the
-text (or image) encoder and the VAE encoder, and torch.compile shares the UNet itself, so the
-process holds each big module once per backend. The backends are measured in two groups (the
-torch ones, then the OpenVINO ones), each beside the default, and a group is freed before the
-next: all at once did not fit in 24 GiB. Each round runs one whole request on every member, in
+`--frames` frames. Beside it the same weights run by each other backend: OpenVINO is loaded
+as `--backend openvino` loads it (the registry converts into the cache, then sets the levers);
+int8 shares the default's encoders, and torch.compile the default's UNet itself. The backends
+are measured in two groups (the torch ones, then the OpenVINO ones), each beside the default,
+and a group is freed before the next: all at once did not fit in 24 GiB. Each round runs one whole request on every member, in
 alternating order (A B C C B A ...), with the same prompt (or picture) and seed; the pipeline's
 step callback splits it into steps (the first, which holds the encode, left out) and the decode
 (after the last step). The first request of each candidate is not a round: it is the candidate's
