@@ -7,12 +7,13 @@ image2video SVD-XT-size (`random:svd-xt`, `--task image2video`) at its native 57
 as `--backend openvino` loads it (the registry converts into the cache, then sets the levers);
 int8 shares the default's encoders, and torch.compile the default's UNet itself. The backends
 are measured in two groups (the torch ones, then the OpenVINO ones), each beside the default,
-and a group is freed before the next: all at once did not fit in 24 GiB. Each round runs one whole request on every member, in
-alternating order (A B C C B A ...), with the same prompt (or picture) and seed; the pipeline's
-step callback splits it into steps (the first, which holds the encode, left out) and the decode
-(after the last step). The first request of each candidate is not a round: it is the candidate's
-first-request cost, with its conversion or compilation (reported beside it). Agreement is the
-decoded image's (or clip's) difference to eager float32's, same seed.
+and a group is freed before the next: all at once did not fit in 24 GiB. Each round runs one
+whole request on every member, in alternating order (A B C C B A ...), with the same prompt (or
+picture) and seed; the pipeline's step callback splits it into steps (the first, which holds
+the encode, left out) and the decode (after the last step). The first request of each candidate
+is not a round: it is the candidate's first-request cost, with its conversion or compilation
+(reported beside it). Agreement is the decoded image's (or clip's) difference to eager
+float32's, same seed.
 
 Memory: the peak RSS of the process while a candidate's request runs (its kernel high-water mark,
 reset before the request), and what making the candidate added to the resident set.
