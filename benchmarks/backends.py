@@ -47,6 +47,7 @@ from .stats import Sample
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 SEED = 11
+REFERENCE = "eager float32"  # what agreement is measured against
 
 
 @dataclass
@@ -69,7 +70,6 @@ class Candidate:
 class Job:
     """What one task's request is: how to run it on a model and how to name it in the table."""
 
-    task: str  # "text2image" | "image2video"
     label: str  # the run, for the table's title
     generate: Callable[[Any, Callable[[int, int], None]], Any]  # (model, on_step) -> uint8 array
     wrap: Callable[[Any, str], Any]  # (pipeline, name) -> a model of the task over it
@@ -107,42 +107,28 @@ def _text2image_job(model: Any, size: int, steps: int) -> Job:
         return np.asarray(image)
 
     return Job(
-        "text2image",
         f"{size} px, {steps} steps",
         generate,
         lambda pipe, name: Text2ImageModel(pipe, ref=name, images_per_call=per_call),
     )
 
 
-def video_input(height: int, width: int) -> Any:
-    """A picture to animate: a sky-to-ground gradient with a sun and a hill (no file needed)."""
-    from PIL import Image, ImageDraw
-
-    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    bands = [c.point(lambda v, k=k: 40 + v * k // 4) for k, c in enumerate(image.split(), 1)]
-    image = Image.merge("RGB", bands)
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((width * 0.65, height * 0.1, width * 0.8, height * 0.1 + width * 0.15), fill=(250, 210, 80))
-    draw.ellipse((-width * 0.2, height * 0.6, width * 0.7, height * 1.6), fill=(40, 110, 50))
-    return image
-
-
 def _image2video_job(model: Any, frames: int, steps: int) -> Job:
     import numpy as np
+    from PIL import Image
 
     from opea_media.models.image2video import Image2VideoModel
     from opea_media.params import Image2VideoParams
 
     params = model.complete(Image2VideoParams(num_frames=frames, num_inference_steps=steps, seed=SEED))
     assert params.height and params.width
-    image = video_input(params.height, params.width)
+    image = Image.effect_noise((params.width, params.height), 64).convert("RGB")  # as benchmarks.probe
     chunk = model.decode_chunk_size
 
     def generate(m: Any, on_step: Callable[[int, int], None]) -> Any:
         return np.stack([np.asarray(f) for f in m.generate(image, params, on_step=on_step)])
 
     return Job(
-        "image2video",
         f"{frames} frames {params.width}x{params.height}, {steps} steps, decode_chunk_size {chunk}",
         generate,
         lambda pipe, name: Image2VideoModel(pipe, ref=name, decode_chunk_size=chunk),
@@ -295,7 +281,7 @@ def run(
 
     torch_group: list[tuple[str, Callable[[], tuple[Any, float, str]]]] = []
     if dtype != "float32":
-        torch_group.append(("eager float32", other("float32")))
+        torch_group.append((REFERENCE, other("float32")))
     elif bf16:
         torch_group.append(("eager bfloat16", other("bfloat16")))
     if compile_unet:
@@ -304,17 +290,17 @@ def run(
     if int8:
         openvino_group.append(("openvino int8 weights (NNCF)", int8_weights))
     tables: dict[str, dict[str, Any]] = {}
-    references: dict[str, Any] = {}  # job -> eager float32's output, from the first group
+    references: dict[str, Any] = {}  # job -> the reference's output, from the first group
     for builders in (torch_group, openvino_group):
         # A clip in float32 takes about twice the default's: for image2video it runs once, for
         # agreement, and is not timed in the rounds.
         members = [default] + [
-            _make(name, build, log, timed=task == "text2image" or name != "eager float32")
+            _make(name, build, log, timed=task == "text2image" or name != REFERENCE)
             for name, build in builders
         ]
         for job in jobs:
             _measure(members, job, rounds, log=lambda text, job=job: log(f"backends: {job.label}: {text}"))
-            ref = next((c for c in members if c.name.startswith("eager float32")), None)
+            ref = next((c for c in members if c.name == REFERENCE), None)
             references.setdefault(job.label, (ref or default).image)
             figures = tables.setdefault(
                 job.label,
